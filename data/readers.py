@@ -287,7 +287,11 @@ def read_file(path: Path, rel: str, source: str, opts: ReadOptions) -> Iterator[
     if fmt is None:
         yield Rejected("unknown_format", rel, None, path.name)
         return
-    yield from READERS[fmt](path, rel, source, opts)
+    try:
+        yield from READERS[fmt](path, rel, source, opts)
+    except (OSError, EOFError, ValueError, zstandard.ZstdError) as err:
+        # a corrupt or truncated file: what was read stays, the rest is quarantined by name
+        yield Rejected("unreadable_file", rel, None, f"{type(err).__name__}: {err}")
 
 
 def split_items(items: Iterable[Item]) -> tuple[list[dict], list[Rejected]]:

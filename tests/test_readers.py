@@ -95,3 +95,13 @@ def test_shard_writer_is_atomic_and_deterministic(tmp_path):
 def test_rejected_record_keeps_where_and_why():
     rec = Rejected("malformed_json", "x.jsonl", 3, "{bad").to_record()
     assert json.loads(json.dumps(rec)) == {"reason": "malformed_json", "file": "x.jsonl", "line": 3, "raw": "{bad"}
+
+
+def test_corrupt_file_is_quarantined_not_fatal(tmp_path):
+    good = gzip.compress(b'{"text": "kept"}\n' * 1000)
+    (tmp_path / "cut.jsonl.gz").write_bytes(good[: len(good) // 2])
+    (tmp_path / "junk.jsonl.zst").write_bytes(b"this is not zstd")
+    docs, rejected = read(tmp_path / "cut.jsonl.gz")
+    assert [r.reason for r in rejected] == ["unreadable_file"] and "EOFError" in rejected[0].raw
+    docs, rejected = read(tmp_path / "junk.jsonl.zst")
+    assert not docs and [r.reason for r in rejected] == ["unreadable_file"]
