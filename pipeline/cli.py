@@ -3,6 +3,8 @@ usage, 3 missing input, 130 interrupted; errors print one line saying why."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import sys
 from pathlib import Path
@@ -55,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def run_lock(lock_path: Path):
+    """One coordinator at a time per run folder (two would write the same files)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"{lock_path.parent} is in use by another coordinator ({lock_path})") from None
+        yield
+
+
 def _setup_logging(args) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -77,7 +91,8 @@ def _run(cfg, run_dir: Path, args, stage_names_only=None) -> int:
         return 0
     if dry:
         return 0
-    runner.run_local(plan, executor)
+    with run_lock(run_dir / ".lock"):
+        runner.run_local(plan, executor)
     return 0
 
 
@@ -118,7 +133,8 @@ def cmd_stage(args) -> int:
         for line in runner.run_slurm(plan, executor, cfg.top.run.name, False, wait=True):
             print(line)
     else:
-        runner.run_local(plan, executor)
+        with run_lock(output.parent / f".{output.name}.lock"):
+            runner.run_local(plan, executor)
     m = worker.read_manifest(output) or {}
     rows = [{"stage": args.name, "type": m.get("type"), "status": m.get("status"), "fingerprint": m.get("fingerprint"),
              "docs_in": m.get("stats", {}).get("docs_in"), "docs_out": m.get("stats", {}).get("docs_out"),

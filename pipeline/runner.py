@@ -18,7 +18,7 @@ from pathlib import Path
 from data.jsonl import atomic_write_json, atomic_write_text
 from pipeline import worker
 from pipeline.config import LoadedConfig
-from pipeline.errors import ConfigError, InputError, StageFailed
+from pipeline.errors import ConfigError, InputError, PipelineError, StageFailed
 from pipeline.registry import get_stage_class
 from pipeline.stage import PLAN_FILE, Stage, StageInput, path_fingerprint
 
@@ -202,6 +202,12 @@ def run_slurm(plan: list[PlannedStage], executor, run_name: str, dry_run: bool, 
     for ps in plan:
         if ps.action == "skip":
             continue
+        previous = worker.read_manifest(ps.dir) or {}
+        if previous.get("status") == "submitted" and not dry_run:
+            still = executor.queued([j for j in (previous.get("slurm_jobs") or {}).values() if j])
+            if still:
+                raise PipelineError(f"stage {ps.name}: its jobs {', '.join(still)} are still queued; "
+                                    f"wait for them or scancel them before resubmitting")
         upstream = [f"{i.stage}/finalize" for i in ps.stage.inputs
                     if i.stage and next(p for p in plan if p.name == i.stage).action != "skip"]
         subs = executor.plan_stage(run_name, ps.name, ps.dir, ps.pending, upstream)

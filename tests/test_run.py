@@ -111,3 +111,15 @@ def test_stage_refuses_foreign_output_folder(tmp_path, cli, shared_data):
     proc = cli("stage", "ingest", "--input", str(shared_data / "shakespeare"), "--output", str(out), check=False)
     assert proc.returncode == 1 and "not a stage folder" in proc.stderr
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_one_coordinator_per_run_folder(tmp_path, cli):
+    import fcntl
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = cli("run", DEMO, "--run-dir", str(run), check=False)
+    assert proc.returncode == 1 and "in use by another coordinator" in proc.stderr
+    assert not (run / "sample").exists()

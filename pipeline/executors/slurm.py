@@ -133,6 +133,13 @@ class SlurmExecutor:
             ids[sub.name] = sub.job_id
             log.info("submitted %s as job %s", sub.name, sub.job_id)
 
+    def queued(self, job_ids: list[str]) -> list[str]:
+        """The jobs among `job_ids` that are still pending or running."""
+        if not job_ids:
+            return []
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
+        return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
     def wait(self, job_ids: list[str], timeout: float | None = None) -> None:
         """Blocks until none of the jobs is pending or running."""
         start = time.time()
