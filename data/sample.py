@@ -153,9 +153,14 @@ def documents(seed: int, count: int) -> list[dict]:
             kind, text = "near_duplicate", near_duplicate(rng, rng.choice(docs)["text"])
         else:
             kind, text = "prose", prose(rng)
-        page = rng.randrange(max(4, count // 3))
-        docs.append({"id": f"s{seed}-{i}", "text": text, "url": f"https://www.example.org/{kind}/{page}/",
-                     "date": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", "meta": {"planted": kind}})
+        url = f"https://www.example.org/{kind}/{seed}-{i}/"
+        date = f"2024-{rng.randint(1, 6):02d}-{rng.randint(1, 28):02d}"
+        if docs and rng.random() < 0.05:  # a later revision of an earlier page, URL spelled differently
+            earlier = rng.choice(docs)
+            kind, text = "url_revision", earlier["text"] + "\n\nUpdate: " + sentence(rng)
+            url = earlier["url"].replace("https://www.", "http://").rstrip("/") + "?utm_source=feed"
+            date = f"2024-{rng.randint(7, 12):02d}-{rng.randint(1, 28):02d}"
+        docs.append({"id": f"s{seed}-{i}", "text": text, "url": url, "date": date, "meta": {"planted": kind}})
     return docs
 
 

@@ -7,7 +7,8 @@ from pipeline.errors import ConfigError
 from pipeline.stage import Stage
 
 _STAGES: dict[str, type[Stage]] = {}
-BUILTIN_MODULES = ("pipeline.stages.sample", "pipeline.stages.ingest", "pipeline.stages.exact")
+BUILTIN_MODULES = ("pipeline.stages.sample", "pipeline.stages.ingest", "pipeline.stages.exact", "pipeline.stages.url",
+                   "pipeline.stages.lines", "pipeline.stages.minhash")
 
 
 def register(cls: type[Stage]) -> type[Stage]:

@@ -176,6 +176,13 @@ def describe(plan: list[PlannedStage]) -> list[str]:
 
 
 def run_local(plan: list[PlannedStage], executor) -> None:
+    try:
+        _run_local(plan, executor)
+    finally:
+        executor.close()
+
+
+def _run_local(plan: list[PlannedStage], executor) -> None:
     for ps in plan:
         if ps.action == "skip":
             log.info("stage %s: %s, nothing to do", ps.name, ps.reason)

@@ -3,7 +3,7 @@ import json
 
 from conftest import tree_bytes
 
-from data.exact_dedup import normalize_for_hash
+from data.dedup_keys import normalize_for_hash
 from data.jsonl import ShardWriter, read_shard
 
 

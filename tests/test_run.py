@@ -7,6 +7,7 @@ from conftest import REPO, tree_bytes
 from data.jsonl import read_shard
 
 DEMO = str(REPO / "configs" / "demo.yaml")
+STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash"]
 
 
 def manifests(run: Path) -> dict[str, dict]:
@@ -18,14 +19,16 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
     first = cli("run", DEMO, "--run-dir", str(run))
     assert "not run before" in first.stdout
     m1 = manifests(run)
-    assert set(m1) == {"sample", "ingest", "exact"} and all(m["status"] == "done" for m in m1.values())
+    assert set(m1) == set(STAGES) and all(m["status"] == "done" for m in m1.values())
     for m in m1.values():
         assert {"status", "fingerprint", "inputs", "stats", "started", "finished"} <= set(m)
     ingest = m1["ingest"]["stats"]
     assert ingest["docs_in"] == ingest["docs_out"] + sum(ingest["removed"].values())
     assert {"malformed_json", "invalid_utf8", "empty_text"} <= set(ingest["removed"])
     assert m1["exact"]["stats"]["removed"]["exact_duplicate"] > 0
-    assert m1["exact"]["inputs"][0]["fingerprint"] == m1["ingest"]["fingerprint"]
+    for name in ("url", "lines", "minhash"):
+        assert m1[name]["stats"]["removed"], name
+    assert m1["url"]["inputs"][0]["fingerprint"] == m1["ingest"]["fingerprint"]
     # every removed record is kept with its reason
     removed = [r for p in (run / "ingest" / "removed").glob("*.jsonl.zst") for r in read_shard(p)]
     assert len(removed) == sum(ingest["removed"].values()) and all(r["reason"] and r["file"] for r in removed)
@@ -38,7 +41,7 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
 
     status = json.loads(cli("status", str(run), "--json").stdout)
     rows = {r["stage"]: r for r in status["stages"]}
-    assert list(rows) == ["sample", "ingest", "exact"]
+    assert list(rows) == STAGES
     assert rows["ingest"]["docs_out"] == ingest["docs_out"] and rows["exact"]["removed"]["exact_duplicate"] > 0
     assert rows["ingest"]["bytes_out"] > 0 and rows["ingest"]["seconds"] > 0
     table = cli("status", str(run)).stdout
@@ -65,7 +68,7 @@ def test_only_from_force_and_dry_run(tmp_path, cli):
     dry = cli("run", DEMO, "--run-dir", str(run), "--dry-run")
     assert "dry run" in dry.stdout and "exact" in dry.stdout and not run.exists()
     bad = cli("run", DEMO, "--run-dir", str(run), "--only", "exact", check=False)
-    assert bad.returncode == 3 and "needs stage ingest" in bad.stderr
+    assert bad.returncode == 3 and "needs stage url" in bad.stderr
     cli("run", DEMO, "--run-dir", str(run), "--only", "sample")
     assert set(manifests(run)) == {"sample"}
     cli("run", DEMO, "--run-dir", str(run), "--from", "ingest")
