@@ -27,7 +27,7 @@ class SlurmConfig(StrictModel):
     qos: str | None = None
     time: str = "04:00:00"
     cpus_per_task: int = Field(1, ge=1)
-    mem: str | None = "4G"
+    mem: str | None = Field(None, description="memory per task, e.g. 16G; default: the partition's")
     max_parallel: int | None = Field(None, ge=1, description="array throttle: at most N tasks at once")
     extra_sbatch: list[str] = Field(default_factory=list, description="more sbatch options, e.g. --constraint=a100")
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (module load, venv)")

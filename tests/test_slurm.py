@@ -61,7 +61,7 @@ def test_pipeline_on_real_slurm_equals_local(tmp_path, cli, slurm_cluster):
     assert "sample: submitted jobs" in out and "exact: submitted jobs" in out
     manifests = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/_manifest.json")}
     assert {k: m["status"] for k, m in manifests.items()} == {"sample": "done", "ingest": "done", "exact": "done"}
-    assert manifests["exact"]["executor"] == "slurm" and "exact/hash" in manifests["exact"]["slurm_jobs"]
+    assert manifests["exact"]["executor"] == "slurm" and "exact/keys" in manifests["exact"]["slurm_jobs"]
     assert (run / "ingest" / "_slurm" / "main.sbatch").exists()
     assert tree_bytes(run) and tree_bytes(run) == tree_bytes(local)
     local_stats = json.loads((local / "exact" / "_manifest.json").read_text())["stats"]
