@@ -39,6 +39,26 @@ def _fmt_bytes(n) -> str:
         n /= 1024
 
 
+STANDARD = {"docs_in", "docs_out", "removed", "bytes_in", "bytes_out", "seconds", "task_seconds"}
+
+
+def details(stats: dict) -> str:
+    """The stage's own figures (clusters, lines removed, ...) and its time per step."""
+    parts = []
+    for key, value in stats.items():
+        if key in STANDARD:
+            continue
+        if isinstance(value, dict):
+            value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+        elif isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key}={value}")
+    steps = stats.get("task_seconds") or {}
+    if len(steps) > 1:
+        parts.append("steps " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
+    return "  ".join(parts)
+
+
 def table(rows: list[dict]) -> str:
     header = f"{'stage':<12} {'status':<10} {'fingerprint':<12} {'in':>8} {'out':>8} {'bytes out':>10} {'time':>8}  removed"
     lines = [header, "-" * len(header)]
@@ -48,6 +68,9 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{r['stage']:<12} {str(r['status']):<10} {str(r['fingerprint'])[:12]:<12} "
                      f"{'-' if r['docs_in'] is None else r['docs_in']:>8} {'-' if r['docs_out'] is None else r['docs_out']:>8} "
                      f"{_fmt_bytes(r['bytes_out']):>10} {t:>8}  {removed}")
+        extra = details(r.get("stats") or {})
+        if extra:
+            lines.append(f"{'':<12} {extra}")
     return "\n".join(lines)
 
 
