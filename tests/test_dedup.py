@@ -218,3 +218,16 @@ def test_minhash_on_real_slurm_equals_local(tmp_path, cli, corpus, slurm_cluster
                            "executor.slurm.poll_seconds=0.5")
     assert on_slurm == local and local
     assert tree_bytes(tmp_path / "local" / "minhash") == tree_bytes(tmp_path / "onslurm" / "minhash")
+
+
+def test_many_tiny_documents(tmp_path, cli):
+    """100k documents of three words, 5,000 distinct: exact and near dedup agree."""
+    write_shards(tmp_path / "in", [[{"id": f"t{s}-{i:06d}", "text": f"tiny doc {i % 5000}"} for i in range(50_000)]
+                                   for s in range(2)])
+    cli("stage", "exact", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "ex"), "executor.workers=2")
+    cli("stage", "minhash", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "mh"), "executor.workers=2")
+    exact = json.loads((tmp_path / "ex" / "_manifest.json").read_text())["stats"]
+    near = json.loads((tmp_path / "mh" / "_manifest.json").read_text())["stats"]
+    assert exact["docs_out"] == near["docs_out"] == 5000
+    assert near["clusters"] == 5000 and near["cluster_sizes"]["11-100"] == 5000
+    assert {d["text"] for d in read_all(tmp_path / "mh")} == {d["text"] for d in read_all(tmp_path / "ex")}

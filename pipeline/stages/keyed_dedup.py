@@ -52,18 +52,31 @@ class KeyedDedupStage(Stage):
         write_marker(self.task_marker(step, task), stats)
         return stats
 
-    def _keys(self, task: int) -> dict:
-        docs = list(read_shard(self.input_shards()[task]))
-        hashes, preference, has_key, stats = self.keys(docs)
-        ids = [d["id"] for d in docs]
-        arrays = bucket_keys(hashes[has_key], preference[has_key], [i for i, k in zip(ids, has_key) if k],
+    def _keys(self, task: int, batch_docs: int = 10_000) -> dict:
+        """Keys for a shard, read in batches so a shard of millions of documents stays small."""
+        hashes, preference, has_key, ids, stats = [], [], [], [], []
+        batch: list[dict] = []
+
+        def flush():
+            h, p, k, st = self.keys(batch)
+            hashes.append(h), preference.append(p), has_key.append(k), stats.append(st)
+            ids.extend(d["id"] for d in batch)
+            batch.clear()
+
+        for doc in read_shard(self.input_shards()[task]):
+            batch.append(doc)
+            if len(batch) >= batch_docs:
+                flush()
+        flush()
+        hashes, preference, has_key = np.concatenate(hashes), np.concatenate(preference), np.concatenate(has_key)
+        keyed_positions = np.flatnonzero(has_key)
+        arrays = bucket_keys(hashes[has_key], preference[has_key], [ids[i] for i in keyed_positions.tolist()],
                              self.config.buckets)
         # positions must be those in the shard, not among the keyed documents
-        keyed_positions = np.flatnonzero(has_key)
         for b in range(self.config.buckets):
             arrays[f"pos{b}"] = keyed_positions[arrays[f"pos{b}"]]
         save_npz(self._work("keys", f"{task:05d}.npz"), arrays)
-        return {"docs_keyed": int(has_key.sum()), **stats}
+        return {"docs_keyed": int(has_key.sum()), **merge_stats(stats)}
 
     def _reduce(self, bucket: int) -> dict:
         cols = {"hash": [], "pref": [], "pos": [], "id": [], "shard": []}

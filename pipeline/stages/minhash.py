@@ -149,11 +149,11 @@ class MinhashDedupStage(Stage):
         return out
 
     def _cluster(self, _task: int) -> dict:
-        parts = []
-        for band in range(self.config.bands):
+        pairs = np.zeros((0, 2), np.int64)
+        for band in range(self.config.bands):  # bands mostly repeat the same pairs: merge as we go
             with np.load(self._work("pairs", f"{band:05d}.npz")) as z:
-                parts.append(z["pairs"])
-        pairs = np.unique(np.concatenate(parts), axis=0) if parts and sum(len(p) for p in parts) else np.zeros((0, 2), np.int64)
+                if len(z["pairs"]):
+                    pairs = np.unique(np.concatenate([pairs, z["pairs"].astype(np.int64)]), axis=0)
         candidates = len(pairs)
         if self.config.verify_jaccard is not None and len(pairs):
             ends = np.unique(pairs.ravel())
