@@ -178,3 +178,15 @@ def html_page(doc: dict) -> str:
             f'<div class="cookie-banner">{COOKIE}</div>\n'
             f'<main><article><h1>Article {doc["id"]}</h1>\n{paragraphs}</article></main>\n'
             f"<footer><p>{FOOTER}</p></footer></body></html>\n")
+
+
+def seed_examples(seed: int, count: int) -> dict[str, dict[str, list[str]]]:
+    """Labelled examples for the demo's own classifiers, drawn apart from the corpus:
+    {"quality": {"hq": [...], "lq": [...]}, "domain": {"general": [...], "math": [...], "code": [...]}}."""
+    rng = random.Random(seed + 7_919)
+    general = [prose(rng) for _ in range(count)]
+    maths = ["\n\n".join(math_problem(rng) for _ in range(3)) for _ in range(count)]
+    codes = ["\n\n".join(code(rng) for _ in range(2)) for _ in range(count)]
+    low = [rng.choice([boilerplate, junk])(rng) + "\n" + boilerplate(rng) for _ in range(count)]
+    return {"quality": {"hq": general[: count // 2] + maths[: count // 2], "lq": low},
+            "domain": {"general": general, "math": maths, "code": codes}}

@@ -48,6 +48,27 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the stage types and their config keys")
 
+    lid = sub.add_parser("train-lid", help="train a fastText language-ID model from one file per language")
+    lid.add_argument("inputs", nargs="+", help="files named by language code (de.txt), one sentence a line, or folders of them")
+    lid.add_argument("--output", required=True, help="model path, e.g. models/lid.bin (report beside it)")
+    lid.add_argument("--valid-fraction", type=float, default=0.2)
+    lid.add_argument("--epochs", type=int, default=25)
+    lid.add_argument("--dim", type=int, default=64)
+    lid.add_argument("--minn", type=int, default=1)
+    lid.add_argument("--maxn", type=int, default=4)
+    lid.add_argument("--baseline", default=None, help="model to compare with (default lid.176.ftz)")
+
+    for name, what in (("train-quality", "quality"), ("train-domain", "domain")):
+        tq = sub.add_parser(name, help=f"train a fastText {what} classifier from labelled files or folders")
+        tq.add_argument("--label", action="append", required=True, metavar="LABEL=PATH[,PATH]",
+                        help="examples of one label (any reader format), repeatable"
+                        + (": e.g. hq=wiki.txt lq=crawl/" if what == "quality" else ": e.g. math=... code=..."))
+        tq.add_argument("--output", required=True)
+        tq.add_argument("--text-split", default="paragraph", choices=["file", "paragraph", "line"])
+        tq.add_argument("--min-chars", type=int, default=100)
+        tq.add_argument("--valid-fraction", type=float, default=0.1)
+        tq.add_argument("--epochs", type=int, default=20)
+
     t = sub.add_parser("task", help="(executors) run one task of a planned stage")
     t.add_argument("stage_dir")
     t.add_argument("step")
@@ -162,6 +183,70 @@ def cmd_stages(args) -> int:
     return 0
 
 
+def cmd_train_lid(args) -> int:
+    from data import langid
+
+    files = []
+    for p in map(Path, args.inputs):
+        if not p.exists():
+            raise PipelineError(f"train-lid: input not found: {p}")
+        files += sorted(p.glob("*.txt")) if p.is_dir() else [p]
+    data = langid.read_labelled_files(files)
+    train, valid = langid.split_held_out(data, args.valid_fraction)
+    model = langid.train_lid(train, Path(args.output), epochs=args.epochs, dim=args.dim, minn=args.minn, maxn=args.maxn)
+    gold, texts = [g for g, _ in valid], [t for _, t in valid]
+    predicted = langid.LanguageIdentifier(model).predict(texts)[0]
+    ours = langid.precision_recall(gold, predicted)
+    base_model = langid.LanguageIdentifier(args.baseline)
+    covered = {langid.iso639_1(l) for l in base_model.model.get_labels()}
+    sel = [i for i, g in enumerate(gold) if g in covered]
+    base_pred = base_model.predict([texts[i] for i in sel])[0]
+    baseline = langid.precision_recall([gold[i] for i in sel], base_pred)
+    ours_covered = langid.precision_recall([gold[i] for i in sel], [predicted[i] for i in sel])
+    report = {"model": str(model), "languages": len(data), "train": len(train), "held_out": len(valid),
+              "accuracy": ours["accuracy"], "accuracy_on_baseline_languages": ours_covered["accuracy"],
+              "baseline": base_model.model_path, "baseline_languages": len({gold[i] for i in sel}),
+              "baseline_accuracy": baseline["accuracy"], "per_language": ours["per_language"]}
+    from data.jsonl import atomic_write_json
+
+    atomic_write_json(Path(args.output).with_suffix(".report.json"), report)
+    print(f"{len(data)} languages, {len(train)} train / {len(valid)} held-out sentences")
+    print(f"ours: accuracy {ours['accuracy']:.4f} (on the baseline's {report['baseline_languages']} languages: "
+          f"{ours_covered['accuracy']:.4f}); baseline {Path(base_model.model_path).name}: {baseline['accuracy']:.4f}")
+    worst = sorted(ours["per_language"].items(), key=lambda kv: kv[1]["recall"])[:5]
+    print("weakest recall: " + ", ".join(f"{k} {v['recall']:.2f}" for k, v in worst))
+    print(f"model: {model}  report: {Path(args.output).with_suffix('.report.json')}")
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from data import classifier
+    from data.jsonl import atomic_write_json
+    from data.readers import ReadOptions
+
+    labels = {}
+    for spec in args.label:
+        if "=" not in spec:
+            raise ConfigError(f"--label {spec!r}: expected LABEL=PATH[,PATH]")
+        label, paths = spec.split("=", 1)
+        labels.setdefault(label, []).extend(p for p in paths.split(",") if p)
+    try:
+        examples = {label: [t for t in classifier.read_examples(paths, ReadOptions(text_split=args.text_split))
+                            if len(t) >= args.min_chars] for label, paths in labels.items()}
+    except FileNotFoundError as err:
+        raise PipelineError(str(err)) from None
+    train, valid = classifier.split(examples, args.valid_fraction)
+    model = classifier.train_classifier(train, Path(args.output), epochs=args.epochs)
+    report = classifier.TextClassifier(model).evaluate(valid)
+    report["examples"] = {k: len(v) for k, v in examples.items()}
+    atomic_write_json(Path(args.output).with_suffix(".report.json"), report)
+    print(f"examples: {report['examples']}; held-out accuracy {report['accuracy']:.4f}")
+    for label, v in report["per_language"].items():
+        print(f"  {label}: precision {v['precision']:.3f} recall {v['recall']:.3f} (n={v['support']})")
+    print(f"model: {model}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # overrides may come after options (`run CFG --run-dir D a.b=1`): collect them here
@@ -181,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stage(args)
         if args.command == "stages":
             return cmd_stages(args)
+        if args.command == "train-lid":
+            return cmd_train_lid(args)
+        if args.command in ("train-quality", "train-domain"):
+            return cmd_train_classifier(args)
         if args.command == "task":
             worker.run_task(args.stage_dir, args.step, args.task)
             return 0

@@ -50,11 +50,48 @@ def fingerprint(type_name: str, section: dict, inputs: list[StageInput], seed: i
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def default_inputs(name: str, mode: str, order: list[str], planned: dict[str, PlannedStage]) -> list[str]:
+    earlier = order[: order.index(name)]
+    if mode == "previous":
+        return earlier[-1:]
+    if mode == "documents":
+        for prev in reversed(earlier):
+            if planned[prev].stage.num_output_shards() is not None:
+                return [prev]
+    return []
+
+
+REF_PREFIX = "stage:"
+
+
+def resolve_refs(name: str, config, planned: dict[str, PlannedStage], where: str):
+    """Config strings `stage:NAME[/path]` -> that file in stage NAME's folder, plus a `ref`
+    input per referenced stage (its fingerprint joins ours; on SLURM we wait for it)."""
+    refs: dict[str, StageInput] = {}
+
+    def walk(value, key):
+        if isinstance(value, str) and value.startswith(REF_PREFIX):
+            stage_name, _, sub = value[len(REF_PREFIX):].partition("/")
+            if stage_name not in planned:
+                raise ConfigError(f"{where}: stages.{name}.{key}: {value!r} must name an earlier stage")
+            up = planned[stage_name]
+            refs[stage_name] = StageInput("ref", str(up.dir), stage=stage_name, fingerprint=up.fingerprint)
+            return str(up.dir / sub) if sub else str(up.dir)
+        if isinstance(value, dict):
+            return {k: walk(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    data = config.model_dump(mode="json")
+    resolved = {k: walk(v, k) for k, v in data.items()}
+    return type(config).model_validate(resolved), list(refs.values())
+
+
 def resolve_inputs(name: str, entries, order: list[str], planned: dict[str, PlannedStage], run_dir: Path,
-                   where: str) -> list[StageInput]:
+                   where: str, mode: str = "documents") -> list[StageInput]:
     if entries is None:
-        position = order.index(name)
-        entries = [order[position - 1]] if position > 0 else []
+        entries = default_inputs(name, mode, order, planned)
     if isinstance(entries, str):
         entries = [entries]
     inputs = []
@@ -78,10 +115,13 @@ def build_stage(cfg: LoadedConfig, name: str, order: list[str], planned: dict, r
     type_name = section.get("type") or name
     cls = get_stage_class(type_name, f"{cfg.where}: stages.{name}: ")
     config = cfg.validate_section(cls.Config, name)
-    inputs = resolve_inputs(name, config.input, order, planned, run_dir, cfg.where)
+    inputs = resolve_inputs(name, config.input, order, planned, run_dir, cfg.where, cls.default_input)
+    written = config.model_dump(mode="json")  # fingerprinted as written: moving the run folder changes nothing
+    config, refs = resolve_refs(name, config, planned, cfg.where)
+    inputs += refs
     stage = cls(name, config, inputs, out_dir or run_dir / name, seed=cfg.top.run.seed)
     stage.validate_inputs()
-    fp = fingerprint(type_name, config.model_dump(mode="json"), inputs, cfg.top.run.seed, cls.code_version())
+    fp = fingerprint(type_name, written, inputs, cfg.top.run.seed, cls.code_version())
     return stage, fp
 
 

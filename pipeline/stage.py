@@ -38,7 +38,7 @@ class StageConfig(StrictModel):
 class StageInput:
     """One resolved input: an upstream stage of the same run, or an outside path."""
 
-    kind: str  # "stage" or "path"
+    kind: str  # "stage" (documents of a stage), "path" (outside files) or "ref" (a file a stage made)
     path: str
     stage: str | None = None
     fingerprint: str | None = None
@@ -75,6 +75,9 @@ class Stage:
     Config: ClassVar[type[StageConfig]] = StageConfig
     version: ClassVar[int] = 1  # bump when a change in outputs should invalidate old runs
     code_modules: ClassVar[tuple[str, ...]] = ()  # library modules whose source is part of the fingerprint
+    # what `input` defaults to: the nearest earlier stage that writes documents, the previous
+    # stage whatever it writes (ingest reads raw files), or nothing
+    default_input: ClassVar[str] = "documents"
     description: ClassVar[str] = ""
 
     def __init__(self, name: str, config: StageConfig, inputs: list[StageInput], out_dir: Path, seed: int = 0):
@@ -121,6 +124,8 @@ class Stage:
         shards: list[Path] = []
         for inp in self.inputs:
             root = Path(inp.path)
+            if inp.kind == "ref":  # a model or file another stage made, not documents
+                continue
             if inp.kind == "stage":
                 shards += [root / shard_name(i) for i in range(inp.num_shards or 0)]
             elif root.is_file():

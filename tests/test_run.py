@@ -7,7 +7,8 @@ from conftest import REPO, tree_bytes
 from data.jsonl import read_shard
 
 DEMO = str(REPO / "configs" / "demo.yaml")
-STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash"]
+STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash", "language", "heuristics", "train_quality", "quality",
+          "train_domain", "domain"]
 
 
 def manifests(run: Path) -> dict[str, dict]:
@@ -26,8 +27,9 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
     assert ingest["docs_in"] == ingest["docs_out"] + sum(ingest["removed"].values())
     assert {"malformed_json", "invalid_utf8", "empty_text"} <= set(ingest["removed"])
     assert m1["exact"]["stats"]["removed"]["exact_duplicate"] > 0
-    for name in ("url", "lines", "minhash"):
+    for name in ("url", "lines", "minhash", "language", "heuristics", "quality"):
         assert m1[name]["stats"]["removed"], name
+    assert set(m1["domain"]["stats"]["domains"]) == {"general", "math", "code", "multilingual"}
     assert m1["url"]["inputs"][0]["fingerprint"] == m1["ingest"]["fingerprint"]
     # every removed record is kept with its reason
     removed = [r for p in (run / "ingest" / "removed").glob("*.jsonl.zst") for r in read_shard(p)]

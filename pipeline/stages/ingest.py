@@ -37,6 +37,7 @@ class IngestStage(Stage):
     type_name = "ingest"
     code_modules = ("data.readers", "data.jsonl")
     Config = IngestConfig
+    default_input = "previous"
     description = "read raw files into normalized document shards with stable ids"
 
     def validate_inputs(self) -> None:
@@ -56,6 +57,8 @@ class IngestStage(Stage):
         """(path, id prefix relative path, source) of every input file, in a fixed order."""
         out = []
         for inp in self.inputs:
+            if inp.kind == "ref":
+                continue
             root = Path(inp.path)
             readable, unknown = list_input_files(root)
             source = self.config.source or (inp.stage or root.name)

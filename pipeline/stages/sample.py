@@ -20,6 +20,7 @@ class SampleConfig(StageConfig):
     files: int = Field(8, ge=1, description="raw files to write (formats rotate: jsonl.gz, parquet, html, txt)")
     docs_per_file: int = Field(60, ge=1)
     broken_lines: bool = Field(True, description="plant malformed JSON, invalid UTF-8 and empty records")
+    seed_examples: int = Field(150, ge=0, description="labelled examples per class under _seeds/ for the demo's classifiers")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -34,6 +35,7 @@ class SampleStage(Stage):
     type_name = "sample"
     code_modules = ("data.sample",)
     Config = SampleConfig
+    default_input = "none"
     description = "generate the built-in demo corpus (raw files in mixed formats)"
 
     def steps(self) -> list[Step]:
@@ -69,6 +71,11 @@ class SampleStage(Stage):
             text = "\n\n\n".join(d["text"] for d in docs)
             _write_atomic(self.out_dir / f"{task:05d}.txt", text.encode())
             written = 1
+        if task == 0 and self.config.seed_examples:
+            for kind, labels in sample.seed_examples(self.seed, self.config.seed_examples).items():
+                for label, texts in labels.items():
+                    lines = "".join(dumps({"id": f"{label}-{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+                    _write_atomic(self.out_dir / "_seeds" / kind / f"{label}.jsonl", lines.encode())
         stats = {"files": 1, "records_written": written, "seconds": time.perf_counter() - start}
         write_marker(self.task_marker(step, task), stats)
         return stats
