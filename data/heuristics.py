@@ -66,10 +66,14 @@ class HeuristicRules(BaseModel):
     max_token_kl: float | None = Field(None, description="KL(document words || corpus words) in nats; needs the corpus distribution")
 
 
+_TOKENS = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
+
+
 def split_words(text: str, lang: str | None = None) -> list[str]:
+    """Word tokens, punctuation as tokens of its own (as a word tokenizer splits them)."""
     if lang in CHAR_LANGUAGES:
         return [c for c in text if not c.isspace() and c not in PUNCTUATION]
-    return text.split()
+    return _TOKENS.findall(text)
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -220,8 +224,7 @@ class HeuristicFilter:
             if sum(any(ch.isalpha() for ch in w) for w in words) / len(words) < r.min_alpha_words_ratio:
                 return "gopher_below_alpha_threshold"
         if r.min_stop_words is not None and (lang in (None, "en")):
-            if len(STOP_WORDS.intersection(w.lower() for w in words)) < r.min_stop_words and \
-                    sum(w.lower() in STOP_WORDS for w in words) < r.min_stop_words:
+            if sum(w.lower() in STOP_WORDS for w in words) < r.min_stop_words:
                 return "gopher_enough_stop_words"
         return None
 
