@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# small matmuls slow down by ~80x when OpenMP threads spin while another process holds a core
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "datasets"))
 

@@ -8,7 +8,7 @@ from data.jsonl import read_shard
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash", "language", "heuristics", "train_quality", "quality",
-          "train_domain", "domain"]
+          "train_domain", "domain", "mix", "tokenizer", "shards"]
 
 
 def manifests(run: Path) -> dict[str, dict]:
@@ -30,6 +30,8 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
     for name in ("url", "lines", "minhash", "language", "heuristics", "quality"):
         assert m1[name]["stats"]["removed"], name
     assert set(m1["domain"]["stats"]["domains"]) == {"general", "math", "code", "multilingual"}
+    assert m1["shards"]["stats"]["tokens"] > 10_000 and m1["tokenizer"]["stats"]["vocab_size"] == 2000
+    assert (run / "shards" / "pretrain" / "math" / "index.json").exists()
     assert m1["url"]["inputs"][0]["fingerprint"] == m1["ingest"]["fingerprint"]
     # every removed record is kept with its reason
     removed = [r for p in (run / "ingest" / "removed").glob("*.jsonl.zst") for r in read_shard(p)]

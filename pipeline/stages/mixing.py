@@ -1,0 +1,256 @@
+"""`mix`, `tokenizer` and `shards`: from labelled documents to packed MDS token streams.
+
+`mix` writes plan.json: per phase, per domain, the target, available and realized tokens
+and the repeat factor, plus how the phase selects documents (anneal: the highest-quality
+slice of each domain; long_context: documents over a length). `tokenizer` trains
+sentencepiece on a sample drawn by the pretrain weights. `shards` tokenizes and packs one
+MDS stream per phase per domain; the loader (training/data.py) mixes them by proportion.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from data.jsonl import atomic_write_json, read_shard
+from data.mixing import DEFAULT_PRETRAIN_WEIGHTS, PlanError, plan_phase
+from data.packing import pack
+from data.tokenizer import CHAT_TOKENS, Encoder, export_hf, train_sentencepiece
+from pipeline.errors import ConfigError, InputError
+from pipeline.registry import register
+from pipeline.stage import Stage, StageConfig, Step, write_marker
+
+
+class PhaseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(gt=0, description="tokens this phase trains on")
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRETRAIN_WEIGHTS))
+    quality_top_fraction: float | None = Field(None, gt=0, le=1, description="only the best fraction of each domain")
+    min_chars: int | None = Field(None, ge=1, description="only documents at least this long (long context)")
+
+
+def _default_phases() -> dict[str, PhaseConfig]:
+    return {"pretrain": PhaseConfig(tokens=1_000_000_000)}
+
+
+class MixConfig(StageConfig):
+    phases: dict[str, PhaseConfig] = Field(default_factory=_default_phases)
+    chars_per_token: float = Field(4.0, gt=0, description="token estimate before the tokenizer exists")
+    max_repeats: float = Field(4.0, gt=0, description="at most this many epochs of any source")
+    allow_shortfall: bool = Field(False, description="warn and cap instead of failing when a weight cannot be met")
+
+
+def _hash01(*parts: str) -> float:
+    return int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(), "little") / 2**64
+
+
+def selected(doc: dict, phase: dict, domain_cutoff: dict) -> bool:
+    sel = phase["selection"]
+    meta = doc.get("meta", {})
+    if sel.get("min_chars") and len(doc["text"]) < sel["min_chars"]:
+        return False
+    if "quality_cutoff" in sel:
+        cutoff = sel["quality_cutoff"].get(meta.get("domain"))
+        if cutoff is None or float(meta.get("quality", 0.0)) < cutoff:
+            return False
+    return meta.get("domain") in phase["domains"]
+
+
+@register
+class MixStage(Stage):
+    type_name = "mix"
+    Config = MixConfig
+    code_modules = ("data.mixing",)
+    description = "domain mixing plan per phase (pretrain, anneal, long_context): plan.json"
+
+    def validate_inputs(self) -> None:
+        super().validate_inputs()
+        for name, phase in self.config.phases.items():
+            total = sum(phase.weights.values())
+            if abs(total - 1) > 1e-6:
+                raise ConfigError(f"stages.{self.name}.phases.{name}.weights sum to {total:.4f}, not 1")
+
+    def steps(self) -> list[Step]:
+        return [Step("plan", 1)]
+
+    def run_task(self, step: str, task: int) -> dict:
+        start = time.perf_counter()
+        c = self.config
+        rows = []  # (domain, chars, quality)
+        for shard in self.input_shards():
+            for doc in read_shard(shard):
+                meta = doc.get("meta", {})
+                rows.append((meta.get("domain", "general"), len(doc["text"]), float(meta.get("quality", 0.0))))
+        if not rows:
+            raise InputError(f"stage {self.name}: no documents to plan from")
+        domains = np.array([r[0] for r in rows])
+        chars = np.array([r[1] for r in rows], dtype=np.float64)
+        quality = np.array([r[2] for r in rows])
+        plan = {}
+        for name, phase in c.phases.items():
+            eligible = np.ones(len(rows), dtype=bool)
+            selection = {}
+            if phase.min_chars:
+                eligible &= chars >= phase.min_chars
+                selection["min_chars"] = phase.min_chars
+            if phase.quality_top_fraction:
+                cutoffs = {}
+                for d in phase.weights:
+                    q = quality[(domains == d) & eligible]
+                    if len(q):
+                        cutoffs[d] = float(np.quantile(q, 1 - phase.quality_top_fraction))
+                        eligible &= (domains != d) | (quality >= cutoffs[d])
+                selection["quality_cutoff"] = cutoffs
+            available = {d: int(chars[(domains == d) & eligible].sum() / c.chars_per_token) for d in phase.weights}
+            documents = {d: int(((domains == d) & eligible).sum()) for d in phase.weights}
+            try:
+                p = plan_phase(name, phase.tokens, phase.weights, available, documents, c.max_repeats, c.allow_shortfall)
+            except PlanError as err:
+                raise InputError(f"stage {self.name}: {err}") from None
+            plan[name] = {"tokens": p.tokens, "weights": p.weights, "selection": selection,
+                          "realized_weights": p.realized_weights(),
+                          "domains": {d: vars(dp) for d, dp in p.domains.items()}}
+        atomic_write_json(self.out_dir / "plan.json", plan)
+        stats = {"phases": {k: {d: round(v["repeat"], 3) for d, v in p["domains"].items()} for k, p in plan.items()},
+                 "documents": len(rows), "seconds": time.perf_counter() - start}
+        write_marker(self.task_marker(step, task), stats)
+        return stats
+
+
+class TokenizerConfig(StageConfig):
+    plan: str = Field("stage:mix/plan.json", description="the mix plan (its pretrain weights draw the sample)")
+    vocab_size: int = Field(32_000, ge=64)
+    model_type: str = Field("bpe", pattern="^(bpe|unigram)$")
+    sample_chars: int = Field(200_000_000, ge=1000, description="characters of text to train on")
+    chat_tokens: list[str] = Field(default_factory=lambda: list(CHAT_TOKENS))
+
+
+@register
+class TokenizerStage(Stage):
+    type_name = "tokenizer"
+    Config = TokenizerConfig
+    code_modules = ("data.tokenizer",)
+    description = "sentencepiece (byte fallback) trained on the pretrain mix; exported for AutoTokenizer"
+
+    def validate_inputs(self) -> None:
+        super().validate_inputs()
+        needed = 260 + len(self.config.chat_tokens)
+        if self.config.vocab_size < needed:
+            raise ConfigError(f"stages.{self.name}.vocab_size: {self.config.vocab_size} is too small; byte fallback "
+                              f"and the special tokens need at least {needed}")
+
+    def steps(self) -> list[Step]:
+        return [Step("train", 1)]
+
+    def run_task(self, step: str, task: int) -> dict:
+        start = time.perf_counter()
+        c = self.config
+        weights = json.loads(Path(c.plan).read_text())["pretrain"]["weights"]
+        budget = {d: w * c.sample_chars for d, w in weights.items()}
+        sample, held_out = [], []
+        for shard in self.input_shards():
+            for doc in read_shard(shard):
+                d = doc.get("meta", {}).get("domain", "general")
+                if _hash01(doc["id"], "held-out") < 0.05:
+                    held_out.append(doc["text"])
+                elif budget.get(d, 0) > 0:
+                    sample.append(doc["text"])
+                    budget[d] -= len(doc["text"])
+        model = train_sentencepiece(sample, self.out_dir, c.vocab_size, c.model_type, tuple(c.chat_tokens))
+        export_hf(model, self.out_dir, tuple(c.chat_tokens))
+        enc = Encoder(model)
+        text = "\n".join(held_out or sample[:100])
+        stats = {"vocab_size": enc.vocab_size, "sample_chars": sum(map(len, sample)),
+                 "bytes_per_token": len(text.encode()) / max(len(enc.encode([text])[0]), 1),
+                 "seconds": time.perf_counter() - start}
+        write_marker(self.task_marker(step, task), stats)
+        return stats
+
+
+class ShardsConfig(StageConfig):
+    plan: str = "stage:mix/plan.json"
+    tokenizer: str = "stage:tokenizer/tokenizer.model"
+    seq_len: dict[str, int] = Field(default_factory=lambda: {"pretrain": 2048},
+                                    description="sequence length per phase")
+    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_PRETRAIN_WEIGHTS), description="one stream each")
+    batch_docs: int = Field(512, ge=1)
+    size_limit: int = Field(1 << 26, description="bytes per MDS shard file")
+
+
+@register
+class ShardsStage(Stage):
+    type_name = "shards"
+    Config = ShardsConfig
+    code_modules = ("data.packing", "data.tokenizer")
+    description = "tokenize and pack one MDS stream per phase per domain (zstd), document boundaries kept"
+
+    def _streams(self) -> list[tuple[str, str]]:
+        """(phase, domain) per task, from the config alone so the plan is known before `mix` runs."""
+        return [(phase, d) for phase in self.config.seq_len for d in self.config.domains]
+
+    def steps(self) -> list[Step]:
+        return [Step("pack", len(self._streams()))]
+
+    def run_task(self, step: str, task: int) -> dict:
+        start = time.perf_counter()
+        from streaming import MDSWriter
+
+        phase_name, domain = self._streams()[task]
+        plan = json.loads(Path(self.config.plan).read_text())
+        if phase_name not in plan:
+            raise ConfigError(f"stages.{self.name}.seq_len: phase {phase_name!r} is not in the mix plan ({list(plan)})")
+        phase = plan[phase_name]
+        if domain not in phase["domains"]:
+            stats = {"streams": {}, "tokens": 0, "sequences": 0, "seconds": time.perf_counter() - start}
+            write_marker(self.task_marker(step, task), stats)
+            return stats
+        if phase_name not in self.config.seq_len:
+            raise ConfigError(f"stages.{self.name}.seq_len has no length for phase {phase_name!r}")
+        seq_len = self.config.seq_len[phase_name]
+        enc = Encoder(self.config.tokenizer, threads=1)
+        pad_id = enc.sp.pad_id()
+
+        def documents():
+            batch = []
+            for shard in self.input_shards():
+                for doc in read_shard(shard):
+                    if doc.get("meta", {}).get("domain") == domain and selected(doc, phase, {}):
+                        batch.append(doc["text"])
+                        if len(batch) >= self.config.batch_docs:
+                            yield from enc.encode(batch)
+                            batch = []
+            if batch:
+                yield from enc.encode(batch)
+
+        final = self.out_dir / phase_name / domain
+        tmp = self.out_dir / phase_name / f".{domain}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dtype = "uint16" if enc.dtype == np.uint16 else "uint32"
+        sequences = tokens = 0
+        docs = 0
+        with MDSWriter(out=str(tmp), columns={"tokens": f"ndarray:{dtype}", "doc_starts": "ndarray:int32", "length": "int",
+                                "domain": "str", "uid": "str"},
+                       compression="zstd", size_limit=self.config.size_limit) as writer:
+            def counted():
+                nonlocal docs
+                for ids in documents():
+                    docs += 1
+                    yield ids
+            for seq, starts, length in pack(counted(), seq_len, enc.eos_id, pad_id, enc.dtype):
+                writer.write({"tokens": seq, "doc_starts": starts, "length": length, "domain": domain,
+                              "uid": f"{phase_name}/{domain}/{sequences}"})
+                sequences += 1
+                tokens += length
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        stats = {"streams": {f"{phase_name}/{domain}": {"documents": docs, "sequences": sequences, "tokens": tokens}},
+                 "tokens": tokens, "sequences": sequences, "seconds": time.perf_counter() - start}
+        write_marker(self.task_marker(step, task), stats)
+        return stats

