@@ -25,7 +25,7 @@ from data.packing import pack
 from data.tokenizer import CHAT_TOKENS, Encoder, export_hf, train_sentencepiece
 from pipeline.errors import ConfigError, InputError
 from pipeline.registry import register
-from pipeline.stage import Stage, StageConfig, Step, write_marker
+from pipeline.stage import Stage, StageConfig, Step, merge_stats, write_marker
 
 
 class PhaseConfig(BaseModel):
@@ -192,17 +192,41 @@ class ShardsStage(Stage):
     description = "tokenize and pack one MDS stream per phase per domain (zstd), document boundaries kept"
 
     def _streams(self) -> list[tuple[str, str]]:
-        """(phase, domain) per task, from the config alone so the plan is known before `mix` runs."""
+        """(phase, domain) streams, from the config alone so the plan is known before `mix` runs."""
         return [(phase, d) for phase in self.config.seq_len for d in self.config.domains]
 
     def steps(self) -> list[Step]:
-        return [Step("pack", len(self._streams()))]
+        # pack: one task per stream per input shard (each writes an MDS partition); index: one
+        # per stream, merging its partitions' index.json into the stream's own
+        return [Step("pack", len(self._streams()) * len(self.input_shards())), Step("index", len(self._streams()))]
 
     def run_task(self, step: str, task: int) -> dict:
+        if step == "index":
+            return self._index(task)
+        return self._pack(step, task)
+
+    def _index(self, task: int) -> dict:
+        from streaming.base.util import merge_index
+
+        phase_name, domain = self._streams()[task]
+        root = self.out_dir / phase_name / domain
+        parts = sorted(p for p in root.glob("part-*") if (p / "index.json").exists()) if root.exists() else []
+        if parts:
+            merge_index([str(p / "index.json") for p in parts], str(root), keep_local=True)
+        stats = {"streams_indexed": 1 if parts else 0, "seconds": 0.0}
+        write_marker(self.task_marker("index", task), stats)
+        return stats
+
+    def finalize(self, task_stats):
+        return merge_stats(task_stats["pack"])
+
+    def _pack(self, step: str, task: int) -> dict:
         start = time.perf_counter()
         from streaming import MDSWriter
 
-        phase_name, domain = self._streams()[task]
+        n_shards = len(self.input_shards())
+        phase_name, domain = self._streams()[task // n_shards]
+        shard = self.input_shards()[task % n_shards]
         plan = json.loads(Path(self.config.plan).read_text())
         if phase_name not in plan:
             raise ConfigError(f"stages.{self.name}.seq_len: phase {phase_name!r} is not in the mix plan ({list(plan)})")
@@ -219,18 +243,19 @@ class ShardsStage(Stage):
 
         def documents():
             batch = []
-            for shard in self.input_shards():
-                for doc in read_shard(shard):
-                    if doc.get("meta", {}).get("domain") == domain and selected(doc, phase, {}):
-                        batch.append(doc["text"])
-                        if len(batch) >= self.config.batch_docs:
-                            yield from enc.encode(batch)
-                            batch = []
+            for doc in read_shard(shard):
+                if doc.get("meta", {}).get("domain") == domain and selected(doc, phase, {}):
+                    batch.append(doc["text"])
+                    if len(batch) >= self.config.batch_docs:
+                        yield from enc.encode(batch)
+                        batch = []
             if batch:
                 yield from enc.encode(batch)
 
-        final = self.out_dir / phase_name / domain
-        tmp = self.out_dir / phase_name / f".{domain}.tmp-{os.getpid()}"
+        part = f"part-{task % n_shards:05d}"
+        final = self.out_dir / phase_name / domain / part
+        tmp = self.out_dir / phase_name / domain / f".{part}.tmp-{os.getpid()}"
+        final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         dtype = "uint16" if enc.dtype == np.uint16 else "uint32"
         sequences = tokens = 0
@@ -245,11 +270,14 @@ class ShardsStage(Stage):
                     yield ids
             for seq, starts, length in pack(counted(), seq_len, enc.eos_id, pad_id, enc.dtype):
                 writer.write({"tokens": seq, "doc_starts": starts, "length": length, "domain": domain,
-                              "uid": f"{phase_name}/{domain}/{sequences}"})
+                              "uid": f"{phase_name}/{domain}/{part}/{sequences}"})
                 sequences += 1
                 tokens += length
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        if sequences:
+            os.replace(tmp, final)
+        else:  # nothing of this stream in this shard: no partition
+            shutil.rmtree(tmp, ignore_errors=True)
         stats = {"streams": {f"{phase_name}/{domain}": {"documents": docs, "sequences": sequences, "tokens": tokens}},
                  "tokens": tokens, "sequences": sequences, "seconds": time.perf_counter() - start}
         write_marker(self.task_marker(step, task), stats)
