@@ -232,7 +232,7 @@ def _run_local(plan: list[PlannedStage], executor) -> None:
         try:
             for step in ps.stage.steps():
                 tasks = worker.pending_tasks(ps.stage, step.name, step.num_tasks)
-                executor.run_step(ps.dir, ps.name, step.name, tasks)
+                executor.run_step(ps.dir, ps.name, step.name, tasks, ps.stage.preload_modules)
             manifest = worker.finalize(ps.dir)
         except (StageFailed, KeyboardInterrupt):
             m = worker.read_manifest(ps.dir) or {}

@@ -78,6 +78,7 @@ class Stage:
     # what `input` defaults to: the nearest earlier stage that writes documents, the previous
     # stage whatever it writes (ingest reads raw files), or nothing
     default_input: ClassVar[str] = "documents"
+    preload_modules: ClassVar[tuple[str, ...]] = ()  # heavy imports the local pool's workers inherit
     description: ClassVar[str] = ""
 
     def __init__(self, name: str, config: StageConfig, inputs: list[StageInput], out_dir: Path, seed: int = 0):

@@ -189,6 +189,7 @@ class ShardsStage(Stage):
     type_name = "shards"
     Config = ShardsConfig
     code_modules = ("data.packing", "data.tokenizer")
+    preload_modules = ("streaming",)
     description = "tokenize and pack one MDS stream per phase per domain (zstd), document boundaries kept"
 
     def _streams(self) -> list[tuple[str, str]]:
