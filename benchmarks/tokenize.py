@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     from data.jsonl import ShardWriter
-    from data.tokenizer import export_hf, train_sentencepiece
+    from data.tokenizer import train_sentencepiece
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tok-"))
     wiki = (SHARED / "wikitext2" / "valid.txt").read_text()

@@ -16,6 +16,17 @@ from pipeline.stage import Stage, Step, shard_name, write_marker
 MAIN = "main"
 
 
+def batched(docs: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class DocumentStage(Stage):
     def steps(self) -> list[Step]:
         return [Step(MAIN, len(self.input_shards()))]

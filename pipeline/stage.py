@@ -113,7 +113,16 @@ class Stage:
 
     # --- work ---
     def run_task(self, step: str, task: int) -> dict:
-        raise NotImplementedError(f"stage type {self.type_name!r} must define run_task()")
+        """Runs `self._<step>(task)`, adds its time, writes the done marker (after the
+        outputs, which the step has already renamed into place)."""
+        handler = getattr(self, f"_{step}", None)
+        if handler is None:
+            raise NotImplementedError(f"stage type {self.type_name!r} has no step {step!r}")
+        start = time.perf_counter()
+        stats = handler(task)
+        stats["seconds"] = time.perf_counter() - start
+        write_marker(self.task_marker(step, task), stats)
+        return stats
 
     def finalize(self, task_stats: dict[str, list[dict]]) -> dict:
         """Merges the tasks' stats into the stage's stats (override to add more)."""

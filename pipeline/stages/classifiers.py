@@ -16,7 +16,7 @@ from pydantic import Field
 from data.classifier import TextClassifier, read_examples, split, train_classifier
 from data.jsonl import ShardWriter, atomic_write_json, read_shard
 from data.readers import ReadOptions
-from pipeline.document_stage import DocumentStage
+from pipeline.document_stage import DocumentStage, batched
 from pipeline.errors import InputError
 from pipeline.registry import register
 from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name, write_marker
@@ -112,13 +112,6 @@ class QualityStage(Stage):
     def num_output_shards(self) -> int:
         return len(self.input_shards())
 
-    def run_task(self, step: str, task: int) -> dict:
-        start = time.perf_counter()
-        stats = {"score": self._score, "cutoff": self._cutoff, "filter": self._filter}[step](task)
-        stats["seconds"] = time.perf_counter() - start
-        write_marker(self.task_marker(step, task), stats)
-        return stats
-
     def _scores(self, docs: list[dict]) -> np.ndarray:
         clf = TextClassifier(self.config.model, self.config.max_chars)
         out = [clf.probability([d["text"] for d in docs[i:i + self.config.batch_docs]], self.config.positive_label)
@@ -200,23 +193,13 @@ class DomainStage(DocumentStage):
     def process(self, docs: Iterable[dict]) -> Iterator[tuple[dict, str | None]]:
         c = self.config
         clf = TextClassifier(c.model, c.max_chars)
-        batch: list[dict] = []
-
-        def flush():
-            labels = clf.predict([d["text"] for d in batch])
-            for doc, label in zip(batch, labels):
+        for batch in batched(docs, c.batch_docs):
+            for doc, label in zip(batch, clf.predict([d["text"] for d in batch])):
                 lang = doc.get("meta", {}).get("lang")
                 if c.multilingual_label and lang is not None and lang not in c.english:
                     label = c.multilingual_label
                 doc["meta"] = {**doc.get("meta", {}), "domain": label}
                 yield doc, None
-            batch.clear()
-
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= c.batch_docs:
-                yield from flush()
-        yield from flush()
 
     def run_task(self, step, task):
         stats = super().run_task(step, task)

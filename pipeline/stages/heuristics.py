@@ -6,7 +6,6 @@ With `rules.max_token_kl` set, the stage first measures the corpus's word distri
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from data.heuristics import HeuristicFilter, HeuristicRules, split_words
 from data.jsonl import ShardWriter, atomic_write_json, read_shard
 from pipeline.errors import InputError
 from pipeline.registry import register
-from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name, write_marker
+from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name
 
 
 class HeuristicsConfig(StageConfig):
@@ -48,13 +47,6 @@ class HeuristicsStage(Stage):
 
     def num_output_shards(self) -> int:
         return len(self.input_shards())
-
-    def run_task(self, step: str, task: int) -> dict:
-        start = time.perf_counter()
-        stats = {"counts": self._counts, "merge": self._merge, "filter": self._filter}[step](task)
-        stats["seconds"] = time.perf_counter() - start
-        write_marker(self.task_marker(step, task), stats)
-        return stats
 
     def _counts(self, task: int) -> dict:
         counts = Counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from pydantic import Field
 
 from data.dedup_keys import bucket_keys, find_duplicates
 from data.jsonl import ShardWriter, read_shard
-from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name, write_marker
+from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name
 
 
 class KeyedDedupConfig(StageConfig):
@@ -26,6 +25,22 @@ def save_npz(path: Path, arrays: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def drop_duplicates(source: Path, out_dir: Path, task: int, duplicate_of: dict[int, str], reason: str) -> dict:
+    """The filter pass of every dedup stage: documents at the listed positions go to
+    `removed/` with `reason` and `duplicate_of` (the kept document's id), the rest stay."""
+    kept = removed = 0
+    with ShardWriter(out_dir / shard_name(task)) as out, ShardWriter(out_dir / "removed" / shard_name(task)) as rejected:
+        for pos, doc in enumerate(read_shard(source)):
+            if pos in duplicate_of:
+                rejected.write({**doc, "reason": reason, "duplicate_of": duplicate_of[pos]})
+                removed += 1
+            else:
+                out.write(doc)
+                kept += 1
+    return {"docs_in": kept + removed, "docs_out": kept, "removed": {reason: removed} if removed else {},
+            "bytes_in": source.stat().st_size, "bytes_out": (out_dir / shard_name(task)).stat().st_size}
 
 
 class KeyedDedupStage(Stage):
@@ -44,13 +59,6 @@ class KeyedDedupStage(Stage):
 
     def _work(self, *parts: str) -> Path:
         return self.out_dir.joinpath("_work", *parts)
-
-    def run_task(self, step: str, task: int) -> dict:
-        start = time.perf_counter()
-        stats = {"keys": self._keys, "reduce": self._reduce, "filter": self._filter}[step](task)
-        stats["seconds"] = time.perf_counter() - start
-        write_marker(self.task_marker(step, task), stats)
-        return stats
 
     def _keys(self, task: int, batch_docs: int = 10_000) -> dict:
         """Keys for a shard, read in batches so a shard of millions of documents stays small."""
@@ -101,19 +109,7 @@ class KeyedDedupStage(Stage):
             with np.load(self._work("dups", f"{bucket:05d}.npz")) as z:
                 mine = z["shard"] == task
                 duplicate_of.update(zip(z["pos"][mine].tolist(), z["kept"][mine].tolist()))
-        kept = removed = 0
-        source = self.input_shards()[task]
-        with ShardWriter(self.out_dir / shard_name(task)) as out, \
-                ShardWriter(self.out_dir / "removed" / shard_name(task)) as rejected:
-            for pos, doc in enumerate(read_shard(source)):
-                if pos in duplicate_of:
-                    rejected.write({**doc, "reason": self.reason, "duplicate_of": duplicate_of[pos]})
-                    removed += 1
-                else:
-                    out.write(doc)
-                    kept += 1
-        return {"docs_in": kept + removed, "docs_out": kept, "removed": {self.reason: removed} if removed else {},
-                "bytes_in": source.stat().st_size, "bytes_out": (self.out_dir / shard_name(task)).stat().st_size}
+        return drop_duplicates(self.input_shards()[task], self.out_dir, task, duplicate_of, self.reason)
 
     def finalize(self, task_stats: dict[str, list[dict]]) -> dict:
         stats = merge_stats(task_stats["filter"])

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 from pydantic import Field
 
 from data.langid import LanguageIdentifier
-from pipeline.document_stage import DocumentStage
+from pipeline.document_stage import DocumentStage, batched
 from pipeline.errors import InputError
 from pipeline.registry import register
 from pipeline.stage import StageConfig
@@ -40,9 +40,7 @@ class LanguageStage(DocumentStage):
         c = self.config
         lid = LanguageIdentifier(c.model, c.max_chars)
         keep = set(c.languages) if c.languages is not None else None
-        batch: list[dict] = []
-
-        def flush():
+        for batch in batched(docs, c.batch_docs):
             langs, scores = lid.predict([d["text"] for d in batch])
             for doc, lang, score in zip(batch, langs, scores.tolist()):
                 doc["meta"] = {**doc.get("meta", {}), "lang": lang, "lang_score": round(score, 4)}
@@ -52,10 +50,3 @@ class LanguageStage(DocumentStage):
                     yield doc, "language_score_below_threshold"
                 else:
                     yield doc, None
-            batch.clear()
-
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= c.batch_docs:
-                yield from flush()
-        yield from flush()

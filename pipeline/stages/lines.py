@@ -6,7 +6,6 @@ shard. Documents left shorter than `min_chars` are removed with a reason.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from pydantic import Field
@@ -14,7 +13,7 @@ from pydantic import Field
 from data.jsonl import ShardWriter, read_shard
 from data.line_dedup import frequent_lines, line_hashes, remove_lines
 from pipeline.registry import register
-from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name, write_marker
+from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name
 from pipeline.stages.keyed_dedup import save_npz
 
 
@@ -41,13 +40,6 @@ class LineDedupStage(Stage):
 
     def _work(self, *parts):
         return self.out_dir.joinpath("_work", *parts)
-
-    def run_task(self, step: str, task: int) -> dict:
-        start = time.perf_counter()
-        stats = {"hash": self._hash, "count": self._count, "filter": self._filter}[step](task)
-        stats["seconds"] = time.perf_counter() - start
-        write_marker(self.task_marker(step, task), stats)
-        return stats
 
     def _hash(self, task: int) -> dict:
         per_doc = [line_hashes(d["text"]) for d in read_shard(self.input_shards()[task])]

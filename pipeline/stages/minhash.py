@@ -13,17 +13,15 @@ task only the pairs and the ids of documents that are in them.
 from __future__ import annotations
 
 import math
-import time
-from collections import Counter
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from data import minhash
-from data.jsonl import ShardWriter, read_shard
+from data.jsonl import read_shard
 from pipeline.registry import register
-from pipeline.stage import Stage, StageConfig, Step, merge_stats, shard_name, write_marker
-from pipeline.stages.keyed_dedup import save_npz
+from pipeline.stage import Stage, StageConfig, Step, merge_stats
+from pipeline.stages.keyed_dedup import drop_duplicates, save_npz
 
 SHARD_BITS = 32  # a document's global ref is shard << 32 | position
 
@@ -66,14 +64,6 @@ class MinhashDedupStage(Stage):
 
     def _work(self, *parts):
         return self.out_dir.joinpath("_work", *parts)
-
-    def run_task(self, step: str, task: int) -> dict:
-        start = time.perf_counter()
-        stats = {"signatures": self._signatures, "buckets": self._buckets, "cluster": self._cluster,
-                 "filter": self._filter}[step](task)
-        stats["seconds"] = time.perf_counter() - start
-        write_marker(self.task_marker(step, task), stats)
-        return stats
 
     # --- map: signatures and band hashes per shard
     def _signatures(self, task: int) -> dict:
@@ -184,19 +174,7 @@ class MinhashDedupStage(Stage):
         with np.load(self._work("removals.npz")) as z:
             mine = (z["ref"] >> SHARD_BITS) == task
             duplicate_of = dict(zip((z["ref"][mine] & ((1 << SHARD_BITS) - 1)).tolist(), z["kept"][mine].tolist()))
-        kept = removed = 0
-        source = self.input_shards()[task]
-        with ShardWriter(self.out_dir / shard_name(task)) as out, \
-                ShardWriter(self.out_dir / "removed" / shard_name(task)) as rejected:
-            for pos, doc in enumerate(read_shard(source)):
-                if pos in duplicate_of:
-                    rejected.write({**doc, "reason": "near_duplicate", "duplicate_of": duplicate_of[pos]})
-                    removed += 1
-                else:
-                    out.write(doc)
-                    kept += 1
-        return {"docs_in": kept + removed, "docs_out": kept, "removed": {"near_duplicate": removed} if removed else {},
-                "bytes_in": source.stat().st_size, "bytes_out": (self.out_dir / shard_name(task)).stat().st_size}
+        return drop_duplicates(self.input_shards()[task], self.out_dir, task, duplicate_of, "near_duplicate")
 
     def finalize(self, task_stats):
         stats = merge_stats(task_stats["filter"])

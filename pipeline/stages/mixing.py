@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
