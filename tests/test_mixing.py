@@ -170,29 +170,32 @@ def test_resume_mid_epoch_equals_uninterrupted(packed):
 
 
 RANK_SCRIPT = r"""
-import json, sys
+import json, os, sys
+import torch.distributed as dist
 sys.path.insert(0, {repo!r})
 from training.data import make_loader
+dist.init_process_group("gloo")
 loader = make_loader({shards!r}, {plan!r}, "long_context", batch_size=2, seed=1)
-print(json.dumps([u for s in loader.dataset for u in [s["uid"]]]))
+seen = [u for s in loader.dataset for u in [s["uid"]]]
+with open(os.path.join({out!r}, f"rank{{dist.get_rank()}}.json"), "w") as f:
+    json.dump(seen, f)
+dist.barrier()
+dist.destroy_process_group()
 """
 
 
-def test_two_ranks_never_share_a_sample(packed):
+def test_two_gloo_ranks_never_share_a_sample(packed, tmp_path):
     from streaming.base.util import clean_stale_shared_memory
 
     run, _ = packed
     clean_stale_shared_memory()
-    script = RANK_SCRIPT.format(repo=str(REPO), shards=str(run / "shards"), plan=str(run / "mix" / "plan.json"))
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512"}
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    seen = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT.format(repo=str(REPO), shards=str(run / "shards"), plan=str(run / "mix" / "plan.json"),
+                                         out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531",
+                           str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # one stream at its natural size: every sample once, split between the ranks
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == len(read_stream(run / "shards" / "long_context" / "general"))
