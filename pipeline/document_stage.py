@@ -6,6 +6,8 @@ datatrove-style step over a stream of documents.
 """
 from __future__ import annotations
 
+import abc
+
 import time
 from collections import Counter
 from typing import Iterable, Iterator
@@ -34,9 +36,9 @@ class DocumentStage(Stage):
     def num_output_shards(self) -> int:
         return len(self.input_shards())
 
+    @abc.abstractmethod
     def process(self, docs: Iterable[dict]) -> Iterator[tuple[dict, str | None]]:
         """Yields (document, None) to keep it or (document, reason) to remove it."""
-        raise NotImplementedError
 
     def run_task(self, step: str, task: int) -> dict:
         start = time.perf_counter()

@@ -8,6 +8,7 @@ see `run_task(stage_dir, step, task)`; they never know what a stage computes.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import inspect
 import json
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from pipeline.config import StrictModel
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 
 PLAN_FILE = "_plan.json"
 MANIFEST_FILE = "_manifest.json"
@@ -68,7 +69,7 @@ def path_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-class Stage:
+class Stage(abc.ABC):
     """Base class. Subclasses set `type_name`, `Config`, and implement `steps`/`run_task`."""
 
     type_name: ClassVar[str] = ""
@@ -89,8 +90,9 @@ class Stage:
         self.seed = seed
 
     # --- planning (cheap, runs before any work, also for --dry-run and SLURM) ---
+    @abc.abstractmethod
     def steps(self) -> list[Step]:
-        raise NotImplementedError(f"stage type {self.type_name!r} must define steps()")
+        """The stage's steps and how many tasks each has."""
 
     def num_output_shards(self) -> int | None:
         """How many document shards this stage writes, if it writes documents."""
@@ -117,7 +119,7 @@ class Stage:
         outputs, which the step has already renamed into place)."""
         handler = getattr(self, f"_{step}", None)
         if handler is None:
-            raise NotImplementedError(f"stage type {self.type_name!r} has no step {step!r}")
+            raise PipelineError(f"stage type {self.type_name!r} has no step {step!r}")
         start = time.perf_counter()
         stats = handler(task)
         stats["seconds"] = time.perf_counter() - start

@@ -37,6 +37,18 @@ def coordinator(*args: str, cwd: Path | None = None, check: bool = True, env: di
     return proc
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and it avoids OpenMP spin-waiting (tens of times
+    slower) when the other core is busy with another process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def cli():
     return coordinator

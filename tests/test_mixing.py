@@ -1,6 +1,5 @@
 """Mix plans, the tokenizer, packed MDS shards and the resumable mixed loader."""
 import json
-import os
 import subprocess
 import sys
 from collections import Counter

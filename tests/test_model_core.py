@@ -15,14 +15,7 @@ from training.model.mode import PEER, MoDRouter, MoE
 from training.model.ssd import ssd_chunked, ssd_recurrent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is fastest, and it avoids OpenMP spin-waiting (tens of
-    times slower) when the other core is busy with another process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

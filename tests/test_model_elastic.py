@@ -10,14 +10,7 @@ from training.model import (HybridMoDEConfig, HybridMoDEForCausalLM, SubModelSpe
                             measure_importance, reorder_by_importance)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is fastest, and it avoids OpenMP spin-waiting (tens of
-    times slower) when the other core is busy with another process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny.yaml"

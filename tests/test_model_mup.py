@@ -7,14 +7,7 @@ import torch
 from training.model import HybridMoDEConfig, HybridMoDEForCausalLM, coord_check, mup_param_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is fastest, and it avoids OpenMP spin-waiting (tens of
-    times slower) when the other core is busy with another process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 VOCAB = 128

@@ -2,6 +2,8 @@
 `keys` per shard, `reduce` per bucket, `filter` per shard."""
 from __future__ import annotations
 
+import abc
+
 import io
 import os
 from pathlib import Path
@@ -46,9 +48,9 @@ def drop_duplicates(source: Path, out_dir: Path, task: int, duplicate_of: dict[i
 class KeyedDedupStage(Stage):
     reason: str = "duplicate"
 
+    @abc.abstractmethod
     def keys(self, docs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """(key hash uint64, preference int64 (higher wins), has_key bool, stats) per document."""
-        raise NotImplementedError
 
     def steps(self) -> list[Step]:
         shards = len(self.input_shards())
