@@ -5,16 +5,12 @@ input; a deterministic held-out split measures precision and recall per label.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from data.langid import load_model, precision_recall
+from data.fasttext_models import load_model, precision_recall, train_supervised
 from data.readers import ReadOptions, Rejected, list_input_files, read_file
 
 _WHITESPACE = re.compile(r"\s+")
@@ -36,40 +32,14 @@ def read_examples(paths: list[str | Path], opts: ReadOptions | None = None) -> l
     return texts
 
 
-def split(examples: dict[str, list[str]], valid_fraction: float) -> tuple[list, list]:
-    train, valid = [], []
-    for label, texts in sorted(examples.items()):
-        for text in texts:
-            h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little") / 2**32
-            (valid if h < valid_fraction else train).append((label, text))
-    return train, valid
-
-
 def train_classifier(train: list[tuple[str, str]], output: Path, *, epochs: int = 20, lr: float = 0.5, dim: int = 64,
                      word_ngrams: int = 2, minn: int = 0, maxn: int = 0, max_chars: int = 20_000, seed: int = 0,
                      threads: int | None = None) -> Path:
-    import fasttext
-
     if len({label for label, _ in train}) < 2:
         raise ValueError("a classifier needs examples of at least two labels")
-    rows = list(train)
-    random.Random(seed).shuffle(rows)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-        for label, text in rows:
-            f.write(f"__label__{label} {one_line(text, max_chars)}\n")
-        name = f.name
-    try:
-        model = fasttext.train_supervised(input=name, epoch=epochs, lr=lr, dim=dim, wordNgrams=word_ngrams, minn=minn,
-                                          maxn=maxn, loss="softmax", seed=seed, thread=threads or os.cpu_count() or 1,
-                                          verbose=0)
-    finally:
-        os.unlink(name)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    model.save_model(str(tmp))
-    os.replace(tmp, output)
-    load_model.cache_clear()
-    return output
+    rows = [(label, one_line(text, max_chars)) for label, text in train]
+    return train_supervised(rows, output, seed=seed, threads=threads, epoch=epochs, lr=lr, dim=dim,
+                            wordNgrams=word_ngrams, minn=minn, maxn=maxn)
 
 
 class TextClassifier:

@@ -7,15 +7,12 @@ lid.176.bin, GlotLID (`__label__eng_Latn`), or one trained with `train_lid`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import random
 import re
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from data.fasttext_models import load_model, train_supervised
 
 _NEWLINES = re.compile(r"\s*\n\s*")
 
@@ -43,14 +40,6 @@ def iso639_1(label: str) -> str:
         except ImportError:  # pragma: no cover - pycountry is a dependency
             pass
     return code
-
-
-@functools.lru_cache(maxsize=4)
-def load_model(path: str):
-    import fasttext
-
-    fasttext.FastText.eprint = lambda *a, **k: None  # silence its load warning
-    return fasttext.load_model(path)
 
 
 class LanguageIdentifier:
@@ -86,48 +75,10 @@ def read_labelled_files(files: list[Path]) -> dict[str, list[str]]:
     return data
 
 
-def split_held_out(data: dict[str, list[str]], valid_fraction: float) -> tuple[list, list]:
-    """Deterministic split by a hash of each line: ([(lang, text)] train, [(lang, text)] valid)."""
-    train, valid = [], []
-    for lang, lines in sorted(data.items()):
-        for line in lines:
-            h = int.from_bytes(hashlib.blake2b(line.encode(), digest_size=4).digest(), "little") / 2**32
-            (valid if h < valid_fraction else train).append((lang, line))
-    return train, valid
-
-
-def precision_recall(gold: list[str], predicted: list[str]) -> dict:
-    """Overall accuracy and per-label precision/recall/support."""
-    gold_counts, pred_counts = Counter(gold), Counter(predicted)
-    hits = Counter(g for g, p in zip(gold, predicted) if g == p)
-    per = {lang: {"precision": hits[lang] / pred_counts[lang] if pred_counts[lang] else 0.0,
-                  "recall": hits[lang] / gold_counts[lang], "support": gold_counts[lang]}
-           for lang in sorted(gold_counts)}
-    return {"accuracy": sum(hits.values()) / max(len(gold), 1), "per_language": per}
-
-
 def train_lid(train: list[tuple[str, str]], output: Path, *, epochs: int = 25, lr: float = 0.8, dim: int = 64,
               minn: int = 1, maxn: int = 4, word_ngrams: int = 1, bucket: int = 500_000, threads: int | None = None,
-              seed: int = 0, quantize: bool = False) -> Path:
-    """Trains a fastText supervised LID model on (lang, sentence) pairs; returns its path."""
-    import fasttext
-
-    rng = random.Random(seed)
-    rows = list(train)
-    rng.shuffle(rows)  # fastText's SGD sees languages interleaved, not one file after another
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-        for lang, text in rows:
-            f.write(f"__label__{lang} {_NEWLINES.sub(' ', text)}\n")
-        train_file = f.name
-    try:
-        model = fasttext.train_supervised(
-            input=train_file, epoch=epochs, lr=lr, dim=dim, minn=minn, maxn=maxn, wordNgrams=word_ngrams,
-            bucket=bucket, loss="softmax", thread=threads or os.cpu_count() or 1, seed=seed, verbose=0)
-    finally:
-        os.unlink(train_file)
-    if quantize:
-        model.quantize(input=None, retrain=False)
-    model.save_model(str(output))
-    load_model.cache_clear()
-    return output
+              seed: int = 0) -> Path:
+    """A fastText LID model from (lang, sentence) pairs: character n-grams carry the signal."""
+    rows = [(lang, _NEWLINES.sub(" ", text)) for lang, text in train]
+    return train_supervised(rows, output, seed=seed, threads=threads, epoch=epochs, lr=lr, dim=dim, minn=minn,
+                            maxn=maxn, wordNgrams=word_ngrams, bucket=bucket)

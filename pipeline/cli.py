@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data.fasttext_models import hash_split, precision_recall
 from pipeline import runner, status, worker
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
@@ -192,17 +193,17 @@ def cmd_train_lid(args) -> int:
             raise PipelineError(f"train-lid: input not found: {p}")
         files += sorted(p.glob("*.txt")) if p.is_dir() else [p]
     data = langid.read_labelled_files(files)
-    train, valid = langid.split_held_out(data, args.valid_fraction)
+    train, valid = hash_split(data, args.valid_fraction)
     model = langid.train_lid(train, Path(args.output), epochs=args.epochs, dim=args.dim, minn=args.minn, maxn=args.maxn)
     gold, texts = [g for g, _ in valid], [t for _, t in valid]
     predicted = langid.LanguageIdentifier(model).predict(texts)[0]
-    ours = langid.precision_recall(gold, predicted)
+    ours = precision_recall(gold, predicted)
     base_model = langid.LanguageIdentifier(args.baseline)
     covered = {langid.iso639_1(l) for l in base_model.model.get_labels()}
     sel = [i for i, g in enumerate(gold) if g in covered]
     base_pred = base_model.predict([texts[i] for i in sel])[0]
-    baseline = langid.precision_recall([gold[i] for i in sel], base_pred)
-    ours_covered = langid.precision_recall([gold[i] for i in sel], [predicted[i] for i in sel])
+    baseline = precision_recall([gold[i] for i in sel], base_pred)
+    ours_covered = precision_recall([gold[i] for i in sel], [predicted[i] for i in sel])
     report = {"model": str(model), "languages": len(data), "train": len(train), "held_out": len(valid),
               "accuracy": ours["accuracy"], "accuracy_on_baseline_languages": ours_covered["accuracy"],
               "baseline": base_model.model_path, "baseline_languages": len({gold[i] for i in sel}),
@@ -235,7 +236,7 @@ def cmd_train_classifier(args) -> int:
                             if len(t) >= args.min_chars] for label, paths in labels.items()}
     except FileNotFoundError as err:
         raise PipelineError(str(err)) from None
-    train, valid = classifier.split(examples, args.valid_fraction)
+    train, valid = hash_split(examples, args.valid_fraction)
     model = classifier.train_classifier(train, Path(args.output), epochs=args.epochs)
     report = classifier.TextClassifier(model).evaluate(valid)
     report["examples"] = {k: len(v) for k, v in examples.items()}

@@ -13,7 +13,8 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 from pydantic import Field
 
-from data.classifier import TextClassifier, read_examples, split, train_classifier
+from data.classifier import TextClassifier, read_examples, train_classifier
+from data.fasttext_models import hash_split
 from data.jsonl import ShardWriter, atomic_write_json, read_shard
 from data.readers import ReadOptions
 from pipeline.document_stage import DocumentStage, batched
@@ -41,7 +42,7 @@ class TrainClassifierConfig(StageConfig):
 class TrainClassifierStage(Stage):
     type_name = "train_classifier"
     Config = TrainClassifierConfig
-    code_modules = ("data.classifier",)
+    code_modules = ("data.classifier", "data.fasttext_models")
     default_input = "none"
     description = "train a fastText classifier (quality, domain) from labelled files; writes model.bin"
 
@@ -66,7 +67,7 @@ class TrainClassifierStage(Stage):
         empty = [label for label, texts in examples.items() if not texts]
         if empty:
             raise InputError(f"stage {self.name}: no examples of at least {c.min_chars} characters for {empty}")
-        train, valid = split(examples, c.valid_fraction)
+        train, valid = hash_split(examples, c.valid_fraction)
         model = train_classifier(train, self.out_dir / MODEL_FILE, epochs=c.epochs, lr=c.lr, dim=c.dim,
                                  word_ngrams=c.word_ngrams, max_chars=c.max_chars, seed=self.seed)
         report = TextClassifier(model).evaluate(valid) if valid else {}
@@ -93,7 +94,7 @@ class QualityConfig(StageConfig):
 class QualityStage(Stage):
     type_name = "quality"
     Config = QualityConfig
-    code_modules = ("data.classifier",)
+    code_modules = ("data.classifier", "data.fasttext_models")
     description = "fastText quality score -> meta.quality; keep by threshold or top fraction (OR trusted scores)"
 
     def validate_inputs(self) -> None:

@@ -26,7 +26,7 @@ class LanguageConfig(StageConfig):
 class LanguageStage(DocumentStage):
     type_name = "language"
     Config = LanguageConfig
-    code_modules = ("data.langid", "pipeline.document_stage")
+    code_modules = ("data.langid", "data.fasttext_models", "pipeline.document_stage")
     description = "fastText language ID: meta.lang, meta.lang_score; keep configured languages"
 
     def validate_inputs(self) -> None:
