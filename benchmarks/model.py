@@ -26,10 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waits are rui
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training.flops import matmul_flops_per_token, peak_tflops  # noqa: E402
 from training.model import HybridMoDEConfig, HybridMoDEForCausalLM, scan_path  # noqa: E402
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
 
 def our_config(a, mode: bool) -> HybridMoDEConfig:
     L = a.layers
@@ -75,27 +73,6 @@ def llama_model(a, target_params: int):
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def matmul_flops_per_token(model, a, attn_layers: int, attn_dim: int) -> float:
-    """6 x (parameters that multiply each token: every matrix but the embedding lookup; for MoE
-    only k of E experts; in MoD layers only the routed fraction of tokens) + causal attention,
-    6 * T * d_attn per attention layer (forward + backward, half of the T x T square)."""
-    cfg = model.config
-    expert_share = getattr(cfg, "num_experts_per_tok", 1) / getattr(cfg, "num_experts", 1)
-    mod_layers = set(getattr(cfg, "mod_layers", []))
-    total = 0.0
-    for name, p in model.named_parameters():
-        if p.ndim < 2 or "embed" in name:
-            continue
-        share = expert_share if name.endswith(("w_gate_up", "w_down")) else 1.0
-        parts = name.split(".")
-        if len(parts) > 2 and parts[1] == "layers" and int(parts[2]) in mod_layers:
-            share *= cfg.mod_capacity
-        total += p.numel() * share
-    if getattr(cfg, "tie_word_embeddings", False):
-        total += model.get_input_embeddings().weight.numel()
-    return 6 * total + 6 * attn_layers * a.seq * attn_dim
 
 
 def step(model, batch, dtype, device, **kwargs):
@@ -188,7 +165,7 @@ def main():
     times = {k: v for k, v in times.items() if k in models}
     n_attn = len(ours.config.attn_layer_ids)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    peak = next((v for key, v in PEAK_BF16_TFLOPS.items() if key in gpu), None)
+    peak = peak_tflops(gpu)
     rate = {}
     for k, m in models.items():
         base = getattr(m, "_orig_mod", m)
@@ -201,7 +178,7 @@ def main():
                 attn_layers, attn_dim = n_attn, 2 * a.width
             else:
                 attn_layers, attn_dim = base.config.num_hidden_layers, a.width
-            flops = matmul_flops_per_token(base, a, attn_layers, attn_dim) * rate[k]
+            flops = matmul_flops_per_token(base, a.seq, attn_layers, attn_dim) * rate[k]
             line += f"  MFU {100 * flops / (peak * 1e12):5.1f}% (of {peak:.0f} TFLOP/s bf16)"
         print(line)
     if "zamba2" in rate and "ours" in rate:

@@ -9,7 +9,8 @@ from pipeline.stage import Stage
 _STAGES: dict[str, type[Stage]] = {}
 BUILTIN_MODULES = ("pipeline.stages.sample", "pipeline.stages.ingest", "pipeline.stages.exact", "pipeline.stages.url",
                    "pipeline.stages.lines", "pipeline.stages.minhash", "pipeline.stages.language",
-                   "pipeline.stages.heuristics", "pipeline.stages.classifiers", "pipeline.stages.mixing")
+                   "pipeline.stages.heuristics", "pipeline.stages.classifiers", "pipeline.stages.mixing",
+                   "pipeline.stages.train")
 
 
 def register(cls: type[Stage]) -> type[Stage]:

@@ -5,6 +5,8 @@ and the repeat factor, plus how the phase selects documents (anneal: the highest
 slice of each domain; long_context: documents over a length). `tokenizer` trains
 sentencepiece on a sample drawn by the pretrain weights. `shards` tokenizes and packs one
 MDS stream per phase per domain; the loader (training/data.py) mixes them by proportion.
+With `valid_fraction`, documents whose id hashes below it are kept out of every phase and
+packed into one held-out stream per domain under `valid/` instead (validation loss).
 """
 from __future__ import annotations
 
@@ -173,6 +175,9 @@ class TokenizerStage(Stage):
         return stats
 
 
+VALID_PHASE = "valid"  # the held-out streams' folder: <stage>/valid/<domain>/
+
+
 class ShardsConfig(StageConfig):
     plan: str = "stage:mix/plan.json"
     tokenizer: str = "stage:tokenizer/tokenizer.model"
@@ -181,6 +186,15 @@ class ShardsConfig(StageConfig):
     domains: list[str] = Field(default_factory=lambda: list(DEFAULT_PRETRAIN_WEIGHTS), description="one stream each")
     batch_docs: int = Field(512, ge=1)
     size_limit: int = Field(1 << 26, description="bytes per MDS shard file")
+    valid_fraction: float = Field(0.0, ge=0, lt=0.5, description="documents held out (by id hash) of every phase, "
+                                  "packed instead into one validation stream per domain under valid/<domain>/")
+    valid_seq_len: int | None = Field(None, ge=1, description="sequence length of the validation streams "
+                                      "(default: seq_len's pretrain entry, else its largest)")
+
+    def resolved_valid_seq_len(self) -> int:
+        if self.valid_seq_len is not None:
+            return self.valid_seq_len
+        return self.seq_len.get("pretrain", max(self.seq_len.values(), default=2048))
 
 
 @register
@@ -189,11 +203,26 @@ class ShardsStage(Stage):
     Config = ShardsConfig
     code_modules = ("data.packing", "data.tokenizer")
     preload_modules = ("streaming",)
-    description = "tokenize and pack one MDS stream per phase per domain (zstd), document boundaries kept"
+    description = (
+        "tokenize and pack one MDS stream per phase per domain (zstd), document boundaries kept; "
+        "optional held-out valid/ streams")
+
+    def validate_inputs(self) -> None:
+        super().validate_inputs()
+        if VALID_PHASE in self.config.seq_len:
+            raise ConfigError(f"stages.{self.name}.seq_len.{VALID_PHASE}: {VALID_PHASE!r} is reserved for the "
+                              f"held-out validation streams (set valid_fraction and valid_seq_len instead)")
 
     def _streams(self) -> list[tuple[str, str]]:
-        """(phase, domain) streams, from the config alone so the plan is known before `mix` runs."""
-        return [(phase, d) for phase in self.config.seq_len for d in self.config.domains]
+        """(phase, domain) streams, from the config alone so the plan is known before `mix` runs;
+        with `valid_fraction`, one (valid, domain) stream per domain follows the training ones."""
+        streams = [(phase, d) for phase in self.config.seq_len for d in self.config.domains]
+        if self.config.valid_fraction > 0:
+            streams += [(VALID_PHASE, d) for d in self.config.domains]
+        return streams
+
+    def _held_out(self, doc_id: str) -> bool:
+        return _hash01(doc_id, "valid") < self.config.valid_fraction
 
     def steps(self) -> list[Step]:
         # pack: one task per stream per input shard (each writes an MDS partition); index: one
@@ -227,24 +256,38 @@ class ShardsStage(Stage):
         n_shards = len(self.input_shards())
         phase_name, domain = self._streams()[task // n_shards]
         shard = self.input_shards()[task % n_shards]
-        plan = json.loads(Path(self.config.plan).read_text())
-        if phase_name not in plan:
-            raise ConfigError(f"stages.{self.name}.seq_len: phase {phase_name!r} is not in the mix plan ({list(plan)})")
-        phase = plan[phase_name]
-        if domain not in phase["domains"]:
-            stats = {"streams": {}, "tokens": 0, "sequences": 0, "seconds": time.perf_counter() - start}
-            write_marker(self.task_marker(step, task), stats)
-            return stats
-        if phase_name not in self.config.seq_len:
-            raise ConfigError(f"stages.{self.name}.seq_len has no length for phase {phase_name!r}")
-        seq_len = self.config.seq_len[phase_name]
+        held_out = self.config.valid_fraction > 0
+        if phase_name == VALID_PHASE:
+            # the held-out documents of the domain, whatever any phase selects: validation
+            # measures the pretrain distribution
+            seq_len = self.config.resolved_valid_seq_len()
+
+            def wanted(doc: dict) -> bool:
+                return doc.get("meta", {}).get("domain") == domain and self._held_out(doc["id"])
+        else:
+            plan = json.loads(Path(self.config.plan).read_text())
+            if phase_name not in plan:
+                raise ConfigError(f"stages.{self.name}.seq_len: phase {phase_name!r} is not in the mix plan "
+                                  f"({list(plan)})")
+            phase = plan[phase_name]
+            if domain not in phase["domains"]:
+                stats = {"streams": {}, "tokens": 0, "sequences": 0, "seconds": time.perf_counter() - start}
+                write_marker(self.task_marker(step, task), stats)
+                return stats
+            if phase_name not in self.config.seq_len:
+                raise ConfigError(f"stages.{self.name}.seq_len has no length for phase {phase_name!r}")
+            seq_len = self.config.seq_len[phase_name]
+
+            def wanted(doc: dict) -> bool:
+                return (doc.get("meta", {}).get("domain") == domain and selected(doc, phase, {})
+                        and not (held_out and self._held_out(doc["id"])))
         enc = Encoder(self.config.tokenizer, threads=1)
         pad_id = enc.sp.pad_id()
 
         def documents():
             batch = []
             for doc in read_shard(shard):
-                if doc.get("meta", {}).get("domain") == domain and selected(doc, phase, {}):
+                if wanted(doc):
                     batch.append(doc["text"])
                     if len(batch) >= self.config.batch_docs:
                         yield from enc.encode(batch)
@@ -278,7 +321,11 @@ class ShardsStage(Stage):
             os.replace(tmp, final)
         else:  # nothing of this stream in this shard: no partition
             shutil.rmtree(tmp, ignore_errors=True)
+        # top-level tokens/sequences count training data; the held-out streams have their own totals
+        prefix = "valid_" if phase_name == VALID_PHASE else ""
         stats = {"streams": {f"{phase_name}/{domain}": {"documents": docs, "sequences": sequences, "tokens": tokens}},
-                 "tokens": tokens, "sequences": sequences, "seconds": time.perf_counter() - start}
+                 f"{prefix}tokens": tokens, f"{prefix}sequences": sequences, "seconds": time.perf_counter() - start}
+        if prefix:
+            stats["valid_documents"] = docs
         write_marker(self.task_marker(step, task), stats)
         return stats
