@@ -65,17 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("DeepSpeed", "deepspeed", "streaming"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from training.checkpoint import CheckpointError
-    from training.trainer import INTERRUPTED_EXIT_CODE, TrainingInterrupted, train
+    from training.trainer import INTERRUPTED_EXIT_CODE, TrainingInterrupted
 
-    cfg, out, stage = load_job(args)
+    import torch.distributed as dist
+
     try:
-        result = train(cfg, out)
+        return _run(args, env)
     except TrainingInterrupted as err:
         logging.getLogger("launch").warning("%s", err)
         return INTERRUPTED_EXIT_CODE
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"launch.train: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args, env) -> int:
+    import torch.distributed as dist
+
+    from training.trainer import train
+
+    cfg, out, stage = load_job(args)
+    result = train(cfg, out)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         from data.jsonl import atomic_write_json
@@ -85,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.stage import write_marker
 
             write_marker(stage.task_marker(args.step, args.task), stage.task_stats(result))
-    import torch.distributed as dist
-
     dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 

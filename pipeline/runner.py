@@ -257,7 +257,7 @@ def run_slurm(plan: list[PlannedStage], executor, run_name: str, dry_run: bool, 
                                     f"wait for them or scancel them before resubmitting")
         upstream = [f"{i.stage}/finalize" for i in ps.stage.inputs
                     if i.stage and next(p for p in plan if p.name == i.stage).action != "skip"]
-        subs = executor.plan_stage(run_name, ps.name, ps.dir, ps.pending, upstream)
+        subs = executor.plan_stage(run_name, ps.name, ps.dir, ps.pending, upstream, ps.stage.launch_spec())
         if dry_run:
             for sub in subs:
                 lines += [f"# {sub.name}: {sub.command()}", sub.script]

@@ -113,6 +113,11 @@ class Stage(abc.ABC):
             h.update(inspect.getsource(importlib.import_module(name)).encode())
         return f"{cls.version}:{h.hexdigest()[:16]}"
 
+    def launch_spec(self):
+        """Training stages: a LaunchConfig (nodes, processes per node); the SLURM executor then
+        submits each task as a multi-node torchrun job. None for ordinary tasks."""
+        return None
+
     # --- work ---
     def run_task(self, step: str, task: int) -> dict:
         """Runs `self._<step>(task)`, adds its time, writes the done marker (after the

@@ -64,6 +64,42 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return out
 
 
+# ---------------------------------------------------------------- training data
+@pytest.fixture(scope="session")
+def train_corpus(tmp_path_factory, shared_data):
+    """WikiText-2 paragraphs (general) and Shakespeare speeches (drama) -> mix -> tokenizer ->
+    shards with 10% of the documents held out for validation."""
+    import re
+
+    from data.jsonl import ShardWriter
+
+    root = tmp_path_factory.mktemp("train")
+    wiki = [p.strip() for p in re.split(r"\n\s*\n", (shared_data / "wikitext2" / "valid.txt").read_text()) if len(p) > 200]
+    play = [p.strip() for p in (shared_data / "shakespeare" / "input.txt").read_text().split("\n\n") if len(p) > 100]
+    docs = [{"id": f"w{i}", "text": t, "meta": {"domain": "general", "quality": (i % 10) / 10}} for i, t in enumerate(wiki)]
+    docs += [{"id": f"p{i}", "text": t, "meta": {"domain": "drama", "quality": (i % 7) / 7}} for i, t in enumerate(play)]
+    with ShardWriter(root / "docs" / "00000.jsonl.zst") as w:
+        for d in docs:
+            w.write({"source": "t", **d})
+    cfg = root / "data.yaml"
+    cfg.write_text(f"""
+run: {{name: data}}
+executor: {{workers: 2}}
+stages:
+  docs: {{type: exact, input: {root / 'docs'}}}
+  mix:
+    phases:
+      pretrain: {{tokens: 300000, weights: {{general: 0.7, drama: 0.3}}}}
+      anneal: {{tokens: 30000, weights: {{general: 0.5, drama: 0.5}}, quality_top_fraction: 0.3}}
+      long_context: {{tokens: 30000, weights: {{general: 1.0}}, min_chars: 1500}}
+  tokenizer: {{vocab_size: 1000, sample_chars: 400000}}
+  shards: {{seq_len: {{pretrain: 64, anneal: 64, long_context: 128}}, domains: [general, drama], valid_fraction: 0.1}}
+""")
+    subprocess.run([sys.executable, "-m", "pipeline", "-q", "run", str(cfg), "--run-dir", str(root / "run")],
+                   cwd=REPO, check=True, capture_output=True)
+    return root / "run"
+
+
 # ---------------------------------------------------------------- SLURM
 SLURM_CONF = """\
 ClusterName=ci

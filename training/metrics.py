@@ -98,8 +98,8 @@ class RoutingStats:
         for name, module in model.named_modules():
             if isinstance(module, MoDRouter):
                 self.handles.append(module.register_forward_hook(self._mod_hook(name)))
-            elif isinstance(module, MoE):
-                self.handles.append(module.router.register_forward_hook(self._moe_hook(name, module)))
+            elif isinstance(module, MoE):  # a pre-hook: under ZeRO-3 the router weight is gathered by then
+                self.handles.append(module.register_forward_pre_hook(self._moe_hook(name)))
 
     def _mod_hook(self, name):
         def hook(module, args, output):
@@ -109,10 +109,12 @@ class RoutingStats:
                 self.mod[name] = (total + chosen, n + 1)
         return hook
 
-    def _moe_hook(self, name, moe):
-        def hook(module, args, logits):
+    def _moe_hook(self, name):
+        def hook(module, args):
             if module.training:
-                top = logits.detach().topk(min(moe.top_k, logits.shape[-1]), dim=-1).indices
+                with torch.no_grad():
+                    logits = torch.nn.functional.linear(args[0], module.router.weight)
+                top = logits.topk(min(module.top_k, logits.shape[-1]), dim=-1).indices
                 load = torch.bincount(top.reshape(-1), minlength=logits.shape[-1]).float()
                 self.moe[name] = self.moe.get(name, 0) + load
         return hook

@@ -67,7 +67,10 @@ def _device() -> torch.device:
 
 
 def comparable_config(model_config) -> dict:
-    return {k: v for k, v in model_config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
+    """The architecture as JSON sees it (so a config read back from a checkpoint compares equal)."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in model_config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}))
 
 
 def check_resumable(state: dict, folder: Path, model_config, world_size: int, zero_stage: int) -> None:
@@ -279,8 +282,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             if step % cfg.log_every_steps == 0 or step == end:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {"step": step, "tokens": tokens, "seq_len": seg.seq_len,
-                          "loss": round(sums[0].item() / (cfg.grad_accum * world), 6),
-                          "aux_loss": round(sums[1].item() / (cfg.grad_accum * world), 6),
+                          "loss": sums[0].item() / (cfg.grad_accum * world),
+                          "aux_loss": sums[1].item() / (cfg.grad_accum * world),
                           "lr": cfg.optimizer.lr * multiplier(step - 1), "grad_norm": _grad_norm(engine),
                           "tokens_per_s": round(window_tokens / elapsed, 1)}
                 record["mfu"] = (flops[seg.seq_len] * record["tokens_per_s"] / (world * peak * 1e12)) if peak else None

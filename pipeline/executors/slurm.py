@@ -93,8 +93,9 @@ class SlurmExecutor:
         }
 
     def plan_stage(self, run_name: str, stage_name: str, stage_dir: Path, steps: list[tuple[str, list[int]]],
-                   upstream: list[str]) -> list[Submission]:
-        """The jobs for one stage: one array per step with pending tasks, then a finalize job.
+                   upstream: list[str], launch=None) -> list[Submission]:
+        """The jobs for one stage: one array per step with pending tasks (a training stage: one
+        multi-node torchrun job per task), then a finalize job.
 
         `upstream` names the jobs (as `<stage>/finalize`) this stage waits for.
         """
@@ -104,6 +105,12 @@ class SlurmExecutor:
         previous = list(upstream)
         for step, tasks in steps:
             if not tasks:
+                continue
+            if launch is not None:
+                jobs = [self._training_submission(run_name, stage_name, stage_dir, step, t, launch, previous)
+                        for t in tasks]
+                subs += jobs
+                previous = [j.name for j in jobs]
                 continue
             values = self._common(f"{run_name}-{stage_name}-{step}", slurm_dir / f"{step}-%A_%a.out")
             values.update(stage_dir=q(str(stage_dir)), step=q(step))
@@ -117,6 +124,29 @@ class SlurmExecutor:
         subs.append(Submission(f"{stage_name}/finalize", slurm_dir / "finalize.sbatch",
                                render("finalize.sbatch", values), [], previous))
         return subs
+
+    def training_script(self, run_name: str, stage_name: str, stage_dir: Path, nodes: int, procs_per_node: int,
+                        entry_module: str, entry_args: list[str], gpus_per_node: int | None = None,
+                        job_suffix: str = "") -> str:
+        """The multi-node script of a training job: one srun task per node runs torchrun, with
+        the c10d rendezvous on the first node of the allocation."""
+        q = shlex.quote
+        values = self._common(f"{run_name}-{stage_name}{job_suffix}", stage_dir / "_slurm" / f"train{job_suffix}-%j.out")
+        options = [o for o in self._options(max(self.config.cpus_per_task, procs_per_node))]
+        if gpus_per_node:
+            options.append(f"--gpus-per-node={gpus_per_node}")
+        values.update(sbatch_options="\n".join(f"#SBATCH {q(o)}" for o in options), nodes=q(str(nodes)),
+                      procs_per_node=q(str(procs_per_node)), entry_module=q(entry_module),
+                      entry_args=" ".join(q(a) for a in entry_args))
+        return render("train_multinode.sbatch", values)
+
+    def _training_submission(self, run_name, stage_name, stage_dir, step, task, launch, depends_on) -> Submission:
+        args = ["--stage-dir", str(stage_dir), "--step", step, "--task", str(task), "--backend", launch.backend,
+                "--mark-done"]
+        script = self.training_script(run_name, stage_name, stage_dir, launch.nodes, launch.procs_per_node,
+                                      "launch.train", args, launch.gpus_per_node, f"-{step}-{task}")
+        return Submission(f"{stage_name}/{step}-{task}", stage_dir / "_slurm" / f"{step}-{task}.sbatch", script, [],
+                          list(depends_on))
 
     def submit(self, subs: list[Submission], ids: dict[str, str]) -> None:
         for sub in subs:
@@ -157,11 +187,7 @@ class SlurmExecutor:
 
 
 def render_training_job(executor_config, run_name: str, stage_name: str, stage_dir: Path, nodes: int,
-                        procs_per_node: int, entry_module: str, entry_args: list[str], rdzv_port: int = 29500) -> str:
+                        procs_per_node: int, entry_module: str, entry_args: list[str], gpus_per_node: int | None = None) -> str:
     """The multi-node script for a training stage (torchrun per node, c10d rendezvous)."""
-    ex = SlurmExecutor(executor_config)
-    values = ex._common(f"{run_name}-{stage_name}", stage_dir / "_slurm" / "train-%j.out")
-    q = shlex.quote
-    values.update(nodes=q(str(nodes)), procs_per_node=q(str(procs_per_node)), rdzv_port=q(str(rdzv_port)),
-                  entry_module=q(entry_module), entry_args=" ".join(q(a) for a in entry_args))
-    return render("train_multinode.sbatch", values)
+    return SlurmExecutor(executor_config).training_script(run_name, stage_name, stage_dir, nodes, procs_per_node,
+                                                          entry_module, entry_args, gpus_per_node)

@@ -30,6 +30,7 @@ STAGE_KEYS = set(StageConfig.model_fields) | {"launch", "tokens", "seq_len", "le
 class LaunchConfig(StrictModel):
     nodes: int = Field(1, ge=1, description="SLURM: nodes of the job (locally: 1)")
     procs_per_node: int = Field(1, ge=1, description="processes per node (GPUs per node; CPU: gloo ranks)")
+    gpus_per_node: int | None = Field(None, ge=1, description="SLURM: --gpus-per-node (default: none requested)")
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     launcher: Literal["torchrun", "deepspeed"] = Field("torchrun", description="local runs: which launcher starts the ranks")
 
