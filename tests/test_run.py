@@ -6,9 +6,23 @@ from conftest import REPO, tree_bytes
 
 from data.jsonl import read_shard
 
-DEMO = str(REPO / "configs" / "demo.yaml")
-STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash", "language", "heuristics", "train_quality", "quality",
-          "train_domain", "domain", "mix", "tokenizer", "shards"]
+import pytest
+import yaml
+
+FULL_DEMO = str(REPO / "configs" / "demo.yaml")
+DATA_STAGES = ["sample", "ingest", "url", "exact", "lines", "minhash", "language", "heuristics", "train_quality", "quality",
+               "train_domain", "domain", "mix", "tokenizer", "shards"]
+TRAIN_STAGES = ["pretrain", "long_context", "anneal"]
+
+
+@pytest.fixture(scope="module")
+def data_demo(tmp_path_factory) -> str:
+    """The demo's curation stages only: what most tests here need, without the training."""
+    raw = yaml.safe_load(open(FULL_DEMO))
+    raw["stages"] = {k: v for k, v in raw["stages"].items() if k in DATA_STAGES}
+    path = tmp_path_factory.mktemp("cfg") / "demo-data.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
 
 
 def manifests(run: Path) -> dict[str, dict]:
@@ -17,10 +31,10 @@ def manifests(run: Path) -> dict[str, dict]:
 
 def test_demo_runs_then_reruns_nothing(tmp_path, cli):
     run = tmp_path / "demo"
-    first = cli("run", DEMO, "--run-dir", str(run))
+    first = cli("run", FULL_DEMO, "--run-dir", str(run))
     assert "not run before" in first.stdout
     m1 = manifests(run)
-    assert set(m1) == set(STAGES) and all(m["status"] == "done" for m in m1.values())
+    assert set(m1) == set(DATA_STAGES + TRAIN_STAGES) and all(m["status"] == "done" for m in m1.values())
     for m in m1.values():
         assert {"status", "fingerprint", "inputs", "stats", "started", "finished"} <= set(m)
     ingest = m1["ingest"]["stats"]
@@ -37,26 +51,39 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
     removed = [r for p in (run / "ingest" / "removed").glob("*.jsonl.zst") for r in read_shard(p)]
     assert len(removed) == sum(ingest["removed"].values()) and all(r["reason"] and r["file"] for r in removed)
     assert (run / "config.yaml").exists()
+    # training: the loss falls, validation perplexity is measured before and after every stage
+    losses = [json.loads(line)["loss"] for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < losses[0] / 2
+    for name in TRAIN_STAGES:
+        stats = m1[name]["stats"]
+        assert stats["complete"] and set(stats["val_ppl"]) == {"general", "math", "code", "multilingual"}, name
+    assert m1["pretrain"]["stats"]["val_ppl"]["general"] < m1["pretrain"]["stats"]["val_before_ppl"]["general"] / 10
+    assert set(m1["long_context"]["stats"]["passkey"]) == {"256", "512"}
+    anneal_lr = [json.loads(line)["lr"] for line in (run / "anneal" / "metrics.jsonl").read_text().splitlines()
+                 if "lr" in json.loads(line)]
+    assert anneal_lr[-1] == 0.0 and anneal_lr == sorted(anneal_lr, reverse=True)
+    assert "val_ppl={" in first.stdout
 
     before = tree_bytes(run)
-    second = cli("run", DEMO, "--run-dir", str(run))
+    second = cli("run", FULL_DEMO, "--run-dir", str(run))
     assert "nothing to do" in second.stdout
     assert manifests(run) == m1 and tree_bytes(run) == before
 
     status = json.loads(cli("status", str(run), "--json").stdout)
     rows = {r["stage"]: r for r in status["stages"]}
-    assert list(rows) == STAGES
+    assert list(rows) == DATA_STAGES + TRAIN_STAGES
     assert rows["ingest"]["docs_out"] == ingest["docs_out"] and rows["exact"]["removed"]["exact_duplicate"] > 0
     assert rows["ingest"]["bytes_out"] > 0 and rows["ingest"]["seconds"] > 0
     table = cli("status", str(run)).stdout
     assert "exact_duplicate=" in table and "malformed_json=" in table
 
 
-def test_changed_section_reruns_it_and_downstream_only(tmp_path, cli):
+def test_changed_section_reruns_it_and_downstream_only(data_demo, tmp_path, cli):
     run = tmp_path / "demo"
-    cli("run", DEMO, "--run-dir", str(run))
+    cli("run", data_demo, "--run-dir", str(run))
     m1 = manifests(run)
-    out = cli("run", DEMO, "--run-dir", str(run), "stages.ingest.min_chars=40").stdout
+    out = cli("run", data_demo, "--run-dir", str(run), "stages.ingest.min_chars=40").stdout
     m2 = manifests(run)
     assert m2["sample"] == m1["sample"]
     assert m2["ingest"]["fingerprint"] != m1["ingest"]["fingerprint"]
@@ -67,17 +94,17 @@ def test_changed_section_reruns_it_and_downstream_only(tmp_path, cli):
     assert "min_chars: 40" in (run / "config.yaml").read_text()
 
 
-def test_only_from_force_and_dry_run(tmp_path, cli):
+def test_only_from_force_and_dry_run(data_demo, tmp_path, cli):
     run = tmp_path / "demo"
-    dry = cli("run", DEMO, "--run-dir", str(run), "--dry-run")
+    dry = cli("run", data_demo, "--run-dir", str(run), "--dry-run")
     assert "dry run" in dry.stdout and "exact" in dry.stdout and not run.exists()
-    bad = cli("run", DEMO, "--run-dir", str(run), "--only", "exact", check=False)
+    bad = cli("run", data_demo, "--run-dir", str(run), "--only", "exact", check=False)
     assert bad.returncode == 3 and "needs stage url" in bad.stderr
-    cli("run", DEMO, "--run-dir", str(run), "--only", "sample")
+    cli("run", data_demo, "--run-dir", str(run), "--only", "sample")
     assert set(manifests(run)) == {"sample"}
-    cli("run", DEMO, "--run-dir", str(run), "--from", "ingest")
+    cli("run", data_demo, "--run-dir", str(run), "--from", "ingest")
     m1 = manifests(run)
-    forced = cli("run", DEMO, "--run-dir", str(run), "--only", "exact", "--force")
+    forced = cli("run", data_demo, "--run-dir", str(run), "--only", "exact", "--force")
     assert "exact        run     forced" in forced.stdout
     m2 = manifests(run)
     assert m2["ingest"] == m1["ingest"] and m2["exact"]["started"] >= m1["exact"]["started"]
@@ -120,13 +147,13 @@ def test_stage_refuses_foreign_output_folder(tmp_path, cli, shared_data):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def test_one_coordinator_per_run_folder(tmp_path, cli):
+def test_one_coordinator_per_run_folder(data_demo, tmp_path, cli):
     import fcntl
 
     run = tmp_path / "demo"
     run.mkdir()
     with open(run / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        proc = cli("run", DEMO, "--run-dir", str(run), check=False)
+        proc = cli("run", data_demo, "--run-dir", str(run), check=False)
     assert proc.returncode == 1 and "in use by another coordinator" in proc.stderr
     assert not (run / "sample").exists()

@@ -84,3 +84,44 @@ def test_failed_task_on_slurm_is_reported(tmp_path, cli, slurm_cluster):
     assert json.loads((run / "ingest" / "_manifest.json").read_text())["status"] == "submitted"
     assert json.loads((run / "exact" / "_manifest.json").read_text())["status"] == "submitted"
     assert not list((run / "exact" / "_tasks").glob("*/*.done"))
+
+
+@pytest.mark.slurm
+def test_two_process_training_job_on_real_slurm(tmp_path, cli, slurm_cluster, train_corpus):
+    """A pretrain stage as a SLURM job: srun runs torchrun (2 gloo ranks, c10d rendezvous on the
+    first node), rank 0 writes the done marker, the finalize job merges it; the losses equal a
+    local run's step for step."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"""
+run: {{name: ci}}
+executor:
+  slurm: {{time: "00:10:00", mem: 3G, poll_seconds: 0.5}}
+stages:
+  pretrain:
+    shards: {train_corpus / 'shards'}
+    plan: {train_corpus / 'mix' / 'plan.json'}
+    tokenizer: {train_corpus / 'tokenizer'}
+    tokens: 10240
+    micro_batch_size: 2
+    zero: {{stage: 2}}
+    log_every_steps: 1
+    checkpoint: {{every_steps: 5}}
+    launch: {{procs_per_node: 2}}
+""")
+    local, remote = tmp_path / "local", tmp_path / "slurm"
+    cli("run", str(cfg), "--run-dir", str(local))
+    dry = cli("run", str(cfg), "--run-dir", str(remote), "executor.kind=slurm", "--dry-run").stdout
+    assert "--rdzv-backend=c10d" in dry and "-m launch.train --stage-dir" in dry and "--mark-done" in dry
+    assert "#SBATCH --nodes=1" in dry and "#SBATCH --cpus-per-task=2" in dry
+    out = cli("run", str(cfg), "--run-dir", str(remote), "executor.kind=slurm", env=slurm_cluster, timeout=900).stdout
+    assert "pretrain: submitted jobs pretrain/train-0=" in out
+    manifest = json.loads((remote / "pretrain" / "_manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["stats"]["complete"] and manifest["stats"]["steps"] == 40
+    assert (remote / "pretrain" / "export" / "model.safetensors").exists()
+    log = next((remote / "pretrain" / "_slurm").glob("train-train-0-*.out")).read_text()
+    assert "[rank 0] INFO training: step 40/40" in log
+
+    def losses(run):
+        lines = (run / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+    assert losses(remote) == losses(local) and len(losses(local)) == 40
