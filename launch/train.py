@@ -97,7 +97,7 @@ def _run(args, env) -> int:
         if args.mark_done and stage is not None:
             from pipeline.stage import write_marker
 
-            write_marker(stage.task_marker(args.step, args.task), stage.task_stats(result))
+            write_marker(stage.task_marker(args.step, args.task), stage.task_stats(result, args.task))
     dist.barrier()
     return 0
 

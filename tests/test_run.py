@@ -60,6 +60,7 @@ def test_demo_runs_then_reruns_nothing(tmp_path, cli):
         assert stats["complete"] and set(stats["val_ppl"]) == {"general", "math", "code", "multilingual"}, name
     assert m1["pretrain"]["stats"]["val_ppl"]["general"] < m1["pretrain"]["stats"]["val_before_ppl"]["general"] / 10
     assert set(m1["long_context"]["stats"]["passkey"]) == {"256", "512"}
+    assert json.loads((run / "long_context" / "export" / "config.json").read_text())["rope_theta"] == 40000
     anneal_lr = [json.loads(line)["lr"] for line in (run / "anneal" / "metrics.jsonl").read_text().splitlines()
                  if "lr" in json.loads(line)]
     assert anneal_lr[-1] == 0.0 and anneal_lr == sorted(anneal_lr, reverse=True)

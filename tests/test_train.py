@@ -182,3 +182,34 @@ def test_refusals_before_training(train_corpus, uninterrupted, tmp_path):
     bad = job(train_corpus, shards=str(tmp_path / "nowhere"))
     finish(launch(tmp_path, bad, tmp_path / "bad"), tmp_path / "bad", expect=1)
     assert "shards/plan: no MDS streams for phase pretrain" in (tmp_path / "bad.log").read_text()
+
+
+def test_anneal_ablation_compares_two_data_sets_from_one_checkpoint(train_corpus, uninterrupted, tmp_path, cli):
+    cfg = tmp_path / "ablation.yaml"
+    cfg.write_text(f"""
+run: {{name: ablation}}
+stages:
+  anneal:
+    shards: {train_corpus / 'shards'}
+    plan: {train_corpus / 'mix' / 'plan.json'}
+    tokenizer: {train_corpus / 'tokenizer'}
+    init_from: {uninterrupted[2] / 'export'}
+    tokens: 2560
+    micro_batch_size: 2
+    optimizer: {{lr: 0.003}}
+    log_every_steps: 1
+    candidates: {{high_quality: {{phase: anneal}}, web_mix: {{phase: pretrain}}}}
+""")
+    out = cli("run", str(cfg), "--run-dir", str(tmp_path / "run")).stdout
+    stats = json.loads((tmp_path / "run" / "anneal" / "_manifest.json").read_text())["stats"]
+    runs = stats["candidates"]
+    assert set(runs) == {"high_quality", "web_mix"} and all(r["complete"] and r["steps"] == 20 for r in runs.values())
+    # the same starting checkpoint, measured on the same held-out sets
+    assert runs["high_quality"]["val_before_ppl"] == runs["web_mix"]["val_before_ppl"]
+    mean = {k: sum(r["val_ppl"].values()) / 2 for k, r in runs.items()}
+    assert stats["best_candidate"] == min(mean, key=mean.get) and "best_candidate=" in out
+    for name in runs:
+        folder = tmp_path / "run" / "anneal" / "candidates" / name
+        lr = [json.loads(line)["lr"] for line in (folder / "metrics.jsonl").read_text().splitlines() if "lr" in line]
+        assert lr[-1] == 0.0 and lr == sorted(lr, reverse=True)  # linear to zero over the anneal's tokens
+        assert (folder / "export" / "model.safetensors").exists()

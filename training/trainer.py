@@ -157,7 +157,7 @@ def evaluate(engine, eval_sets: dict[str, list], document_masking: bool, device)
     return out
 
 
-def load_eval_sets(shards: str, batch_size: int, max_batches: int) -> dict[str, list]:
+def load_eval_sets(shards: str, batch_size: int, max_batches: int, device) -> dict[str, list]:
     """Held-out streams (`<shards>/valid/<domain>`), read once: every evaluation sees the same
     batches. All ranks keep the same count, so ZeRO-3's collectives stay in step."""
     from training.data import make_eval_loader, validation_streams
@@ -165,7 +165,7 @@ def load_eval_sets(shards: str, batch_size: int, max_batches: int) -> dict[str, 
     sets = {}
     for domain, stream in validation_streams(shards).items():
         batches = list(make_eval_loader(stream, batch_size, max_batches))
-        n = torch.tensor([len(batches)])
+        n = torch.tensor([len(batches)], device=device)  # NCCL reduces only GPU tensors
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
         if int(n):
             sets[f"valid/{domain}"] = batches[: int(n)]
@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     metrics = MetricsLogger(out_dir, rank == 0, cfg.tensorboard, resume_step=state["step"])
     routing = RoutingStats(engine.module)
     stop = StopSignals()
-    eval_sets = load_eval_sets(cfg.shards, cfg.eval.batch_size or cfg.micro_batch_size, cfg.eval.batches)
+    eval_sets = load_eval_sets(cfg.shards, cfg.eval.batch_size or cfg.micro_batch_size, cfg.eval.batches, device)
     if rank == 0 and not eval_sets:
         log.warning("no held-out streams under %s/valid (shards.valid_fraction is 0): no validation loss", cfg.shards)
     peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if device.type == "cuda" else None)

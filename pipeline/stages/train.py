@@ -160,15 +160,12 @@ class TrainingStage(Stage):
             code = proc.wait()
         if code != 0:
             raise PipelineError(f"stage {self.name}: training exited {code}; log: {out / 'train.log'}\n" + "".join(tail[-12:]))
-        return self.task_stats(json.loads((out / "result.json").read_text()))
+        return self.task_stats(json.loads((out / "result.json").read_text()), task)
 
-    def task_stats(self, result: dict) -> dict:
-        name = self.task_names()[0] if len(self.task_names()) == 1 else None
-        summary = _summary(result)
-        return summary if name == "" else {"candidates": {self._name_of(result): summary}}
-
-    def _name_of(self, result: dict) -> str:
-        return result.get("candidate", "")
+    def task_stats(self, result: dict, task: int) -> dict:
+        """What the task's done marker holds: the summary, under its candidate's name in an ablation."""
+        name = self.task_names()[task]
+        return {"candidates": {name: _summary(result)}} if name else _summary(result)
 
 
 def _shown(line: str) -> bool:
@@ -214,15 +211,6 @@ class AnnealStage(TrainingStage):
             return {}
         c = self.config.candidates[self.task_names()[task]]
         return {"phase": c.phase, "shards": c.shards or self.config.shards, "plan": c.plan or self.config.plan}
-
-    def task_stats(self, result: dict) -> dict:
-        if not self.config.candidates:
-            return _summary(result)
-        return {"candidates": {result["candidate"]: _summary(result)}}
-
-    def train_job(self, step: str, task: int):
-        cfg, out = super().train_job(step, task)
-        return cfg, out
 
     def finalize(self, task_stats: dict) -> dict:
         stats = super().finalize(task_stats)
