@@ -49,7 +49,7 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30) -> Dist
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     os.environ.setdefault("RANK", str(env.rank))
     os.environ.setdefault("WORLD_SIZE", str(env.world_size))
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
@@ -63,7 +63,7 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30) -> Dist
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

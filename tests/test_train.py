@@ -213,3 +213,18 @@ stages:
         lr = [json.loads(line)["lr"] for line in (folder / "metrics.jsonl").read_text().splitlines() if "lr" in line]
         assert lr[-1] == 0.0 and lr == sorted(lr, reverse=True)  # linear to zero over the anneal's tokens
         assert (folder / "export" / "model.safetensors").exists()
+
+
+def test_the_deepspeed_launcher_runs_the_same_training(train_corpus, uninterrupted, tmp_path, cli):
+    """`launch.launcher: deepspeed` starts the ranks with DeepSpeed's own launcher instead of
+    torchrun; same data, same steps (its ranks keep OpenMP's default threads, so the last bits
+    of a float may differ)."""
+    cfg = job(train_corpus)
+    cfg.pop("segments")
+    section = {**cfg, "tokens": STEPS * 2 * 2 * 64, "launch": {"procs_per_node": 2, "launcher": "deepspeed"}}
+    (tmp_path / "ds.yaml").write_text(yaml.safe_dump({"run": {"name": "ds"}, "stages": {"pretrain": section}}))
+    cli("run", str(tmp_path / "ds.yaml"), "--run-dir", str(tmp_path / "run"))
+    ours, ref = losses(tmp_path / "run" / "pretrain"), losses(uninterrupted[2])
+    assert sorted(ours) == sorted(ref)
+    assert all(abs(ours[s][0] - ref[s][0]) < 1e-4 for s in ref)
+    assert "deepspeed" in (tmp_path / "run" / "pretrain" / "train.log").read_text().lower()

@@ -137,7 +137,11 @@ class TrainingStage(Stage):
         launch = self.config.launch
         entry = ["--stage-dir", str(self.out_dir), "--step", step, "--task", str(task), "--backend", launch.backend]
         if launch.launcher == "deepspeed":
-            return ["deepspeed", "--num_nodes=1", f"--num_gpus={launch.procs_per_node}", "--module", "launch.train", *entry]
+            from launch.dist import free_port
+
+            beside = Path(sys.executable).parent / "deepspeed"  # the launcher of this environment
+            return [str(beside) if beside.exists() else "deepspeed", "--num_nodes=1", f"--num_gpus={launch.procs_per_node}",
+                    f"--master_port={free_port()}", "--module", "launch.train", *entry]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                 f"--nproc-per-node={launch.procs_per_node}", "-m", "launch.train", *entry]
 
