@@ -1,3 +1,3 @@
-"""Process entry points for torchrun / srun / the deepspeed launcher: environment ->
-torch.distributed, hostfiles, rendezvous. The training issue fills this in; the SLURM
-template it will use is slurm/train_multinode.sbatch."""
+"""Process entry points for torchrun / srun / the deepspeed launcher: `launch.train` (the
+training entry point) and `launch.dist` (environment -> torch.distributed). The multi-node
+SLURM template that runs them is slurm/train_multinode.sbatch."""

@@ -12,7 +12,6 @@ Exit codes: 0 done, 2 bad config or checkpoint, 143 stopped by a signal after ch
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from training.checkpoint import CheckpointError, CheckpointManager
+from training.checkpoint import CheckpointError, CheckpointManager, step_name
 from training.config import TrainConfig
 from training.metrics import MetricsLogger, RoutingStats, progress_line
 
@@ -138,6 +138,13 @@ def model_inputs(batch: dict, seq_len: int, document_masking: bool, device) -> d
     if not bool(valid.all()):
         kwargs["attention_mask"] = valid.to(device)
     return {"input_ids": ids.to(device), "labels": labels.to(device), "use_cache": False, **kwargs}
+
+
+def real_tokens(inputs: dict, like: torch.Tensor) -> torch.Tensor:
+    """Tokens that are not padding (what `tokens` and tokens/s count)."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum().to(like)
+    return like.new_tensor(float(inputs["input_ids"].numel()))
 
 
 @torch.no_grad()
@@ -270,10 +277,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                 out = engine(**inputs)
                 engine.backward(out.loss)
                 engine.step()
-                aux = out.aux_loss.detach().double() if out.aux_loss is not None else torch.zeros((), dtype=torch.float64, device=device)
-                sums += torch.stack([out.loss.detach().double() - aux, aux,
-                                     (inputs["labels"] != -100).sum().double() if "attention_mask" in inputs
-                                     else torch.tensor(float(inputs["input_ids"].numel()), dtype=torch.float64, device=device)])
+                aux = out.aux_loss.detach().double() if out.aux_loss is not None else sums.new_zeros(())
+                sums += torch.stack([out.loss.detach().double() - aux, aux, real_tokens(inputs, sums)])
             dist.all_reduce(sums)
             step += 1
             step_tokens = int(sums[2].item())
@@ -308,7 +313,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if cfg.passkey:
             result.setdefault("passkey", {})[str(seg.seq_len)] = run_passkey(cfg, engine, encoder, seg.seq_len, step, metrics)
 
-    final = save(step, tokens) if last_saved != step else checkpoints.root / _step_name(step)
+    final = save(step, tokens) if last_saved != step else checkpoints.root / step_name(step)
     result.update(step=step, tokens=tokens, complete=True, checkpoint=str(final), seconds=round(time.time() - started, 3))
     if eval_sets:
         result["val"] = evaluate(engine, eval_sets, cfg.document_masking, device)
@@ -332,12 +337,6 @@ def run_passkey(cfg: TrainConfig, engine, encoder, seq_len: int, step: int, metr
     if dist.get_rank() == 0:
         log.info("passkey retrieval after seq_len %d:\n%s", seq_len, format_passkey(res))
     return res
-
-
-def _step_name(step: int) -> str:
-    from training.checkpoint import step_name
-
-    return step_name(step)
 
 
 def _grad_norm(engine) -> float | None:
