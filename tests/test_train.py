@@ -228,3 +228,26 @@ def test_the_deepspeed_launcher_runs_the_same_training(train_corpus, uninterrupt
     assert sorted(ours) == sorted(ref)
     assert all(abs(ours[s][0] - ref[s][0]) < 1e-4 for s in ref)
     assert "deepspeed" in (tmp_path / "run" / "pretrain" / "train.log").read_text().lower()
+
+
+def test_activation_checkpointing_changes_nothing_and_options_train(train_corpus, tmp_path):
+    """Recomputing activations in backward gives the same losses; Grokfast, ZeRO-Offload and
+    gradient accumulation run through DeepSpeed and learn."""
+    runs = {}
+    for name, extra in {"plain": {}, "recompute": {"activation_checkpointing": True},
+                        "options": {"grokfast": {"alpha": 0.9, "lamb": 1.0}, "grad_accum": 2,
+                                    "zero": {"stage": 2, "offload_optimizer": True}}}.items():
+        out = tmp_path / name
+        cfg = job(train_corpus, segments=[{"tokens": 12 * 2 * 64}], **extra)
+        finish(launch(tmp_path, cfg, out, procs=1), out)
+        runs[name] = losses(out)
+    assert runs["recompute"] == runs["plain"] and len(runs["plain"]) == 12
+    options = runs["options"]
+    assert len(options) == 6  # two micro steps per optimizer step
+    assert options[6][0] < options[1][0] - 0.3
+    # the gradient EMA is optimizer state, saved in every rank's ZeRO partition
+    import torch
+
+    folder = tmp_path / "options" / "checkpoints" / "step_00000006"
+    state = torch.load(next(folder.glob("*optim_states.pt")), weights_only=False)
+    assert "grokfast_ema" in repr(state["optimizer_state_dict"])
