@@ -224,6 +224,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         check_resumable(state, resume, model_config, world, cfg.zero.stage)
 
     model = build_model(cfg, model_config)
+    model_config = model.config  # from_pretrained keeps a copy: RoPE changes must reach the one the model reads
     engine, optimizer, scheduler = initialize(cfg, model, total_steps)
     if resume is not None:
         state = checkpoints.load(engine, resume)
