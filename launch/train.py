@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -102,4 +103,10 @@ def _run(args, env) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # skip interpreter teardown: gloo / DeepSpeed threads torn down in arbitrary order sometimes
+    # abort a finished rank ("terminate called without an active exception")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

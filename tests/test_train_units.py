@@ -93,6 +93,9 @@ def test_deepspeed_config_from_yaml_keys(tmp_path):
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
     assert z["overlap_comm"] is True  # merged, not replaced
+    assert "reduce_bucket_size" not in z
+    sized = deepspeed_config(cfg, num_params=20_000_000)["zero_optimization"]
+    assert sized["reduce_bucket_size"] == sized["stage3_prefetch_bucket_size"] == 5_000_000
     with pytest.raises(ValueError, match="offload_params needs zero.stage 3"):
         TrainConfig(**base, zero={"stage": 2, "offload_params": True})
     with pytest.raises(ValueError, match="schedule.kind 'step'"):

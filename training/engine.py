@@ -89,8 +89,18 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict:
+DEEPSPEED_BUCKET = 500_000_000  # DeepSpeed's default bucket size, in elements
+
+
+def deepspeed_config(cfg: TrainConfig, num_params: int | None = None) -> dict:
+    """`num_params` caps the communication buckets at the model's size: DeepSpeed's default
+    (5e8 elements) would reserve ~1.9 GB fp32 per rank under ZeRO-3 even for a tiny model, and
+    a bucket larger than the model holds every gradient at once, undoing ZeRO's gradient saving."""
     zero: dict = {"stage": cfg.zero.stage}
+    if num_params and cfg.zero.stage > 0:
+        bucket = int(max(1_000_000, min(DEEPSPEED_BUCKET, num_params // 4)))
+        zero["reduce_bucket_size"] = bucket
+        zero["stage3_prefetch_bucket_size" if cfg.zero.stage == 3 else "allgather_bucket_size"] = bucket
     if cfg.zero.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if cfg.zero.offload_params:
@@ -125,6 +135,6 @@ def initialize(cfg: TrainConfig, model, total_steps: int):
     s = cfg.schedule
     multiplier = lr_multiplier(s.kind, total_steps, s.warmup_steps, s.min_ratio, s.decay_fraction, s.decay_shape, s.gamma)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg),
+        model=model, optimizer=optimizer, config=deepspeed_config(cfg, sum(p.numel() for p in model.parameters())),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, multiplier))
     return engine, optimizer, scheduler

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config import StrictModel
 from pipeline.errors import ConfigError, InputError, PipelineError
@@ -40,8 +40,14 @@ class TrainStageConfig(StageConfig, TrainConfig):
     plan: str = "stage:mix/plan.json"
     tokenizer: str | None = "stage:tokenizer"
     model: str | dict = Field("tiny", description="preset name (configs/model/NAME.yaml), YAML path or a mapping")
-    segments: list[Segment] = Field(default_factory=list, description="(set by the stage type)")
+    segments: list[Segment] = Field(default_factory=list, description="(from tokens / lengths; not set here)")
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _no_segments(self):
+        if self.segments:
+            raise ValueError("segments is set by the stage: use tokens (and seq_len), or lengths in long_context")
+        return self
 
 
 class PretrainConfig(TrainStageConfig):

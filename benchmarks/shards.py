@@ -3,7 +3,7 @@
 `streaming.MDSWriter`. One corpus (WikiText-2 valid + Shakespeare, repeated to ~17 MB),
 alternating over rounds; prints tokens/s for both and the ratio.
 
-    python benchmarks/tokenize.py [--copies 8] [--workers 2] [--rounds 2]
+    python benchmarks/shards.py [--copies 8] [--workers 2] [--rounds 2]
 """
 from __future__ import annotations
 
