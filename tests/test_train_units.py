@@ -95,7 +95,7 @@ def test_deepspeed_config_from_yaml_keys(tmp_path):
     assert z["overlap_comm"] is True  # merged, not replaced
     assert "reduce_bucket_size" not in z
     sized = deepspeed_config(cfg, num_params=20_000_000)["zero_optimization"]
-    assert sized["reduce_bucket_size"] == sized["stage3_prefetch_bucket_size"] == 5_000_000
+    assert sized["reduce_bucket_size"] == sized["stage3_prefetch_bucket_size"] == 4_980_736  # 5M, 2**16-aligned
     with pytest.raises(ValueError, match="offload_params needs zero.stage 3"):
         TrainConfig(**base, zero={"stage": 2, "offload_params": True})
     with pytest.raises(ValueError, match="schedule.kind 'step'"):

@@ -98,7 +98,8 @@ def deepspeed_config(cfg: TrainConfig, num_params: int | None = None) -> dict:
     a bucket larger than the model holds every gradient at once, undoing ZeRO's gradient saving."""
     zero: dict = {"stage": cfg.zero.stage}
     if num_params and cfg.zero.stage > 0:
-        bucket = int(max(1_000_000, min(DEEPSPEED_BUCKET, num_params // 4)))
+        # DeepSpeed asserts NCCL alignment of the buckets: a multiple of 2**16 elements satisfies it
+        bucket = max(1 << 20, min(DEEPSPEED_BUCKET, num_params // 4)) >> 16 << 16
         zero["reduce_bucket_size"] = bucket
         zero["stage3_prefetch_bucket_size" if cfg.zero.stage == 3 else "allgather_bucket_size"] = bucket
     if cfg.zero.offload_optimizer:

@@ -225,6 +225,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
 
     model = build_model(cfg, model_config)
     model_config = model.config  # from_pretrained keeps a copy: RoPE changes must reach the one the model reads
+    flops = {s.seq_len: model_flops_per_token(model, s.seq_len) for s in segments}  # before ZeRO-3 partitions it
     engine, optimizer, scheduler = initialize(cfg, model, total_steps)
     if resume is not None:
         state = checkpoints.load(engine, resume)
@@ -243,7 +244,6 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if rank == 0 and not eval_sets:
         log.warning("no held-out streams under %s/valid (shards.valid_fraction is 0): no validation loss", cfg.shards)
     peak = cfg.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if device.type == "cuda" else None)
-    flops = {s.seq_len: model_flops_per_token(engine.module, s.seq_len) for s in segments}
     result = {"total_steps": total_steps, "segments": [vars(s) for s in segments], "world_size": world,
               "resumed_from": str(resume) if resume else None}
 
