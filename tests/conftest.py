@@ -65,21 +65,27 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------- training data
+def labelled_docs(shared: Path) -> list[dict]:
+    """WikiText-2 paragraphs (domain general) and Shakespeare speeches (domain drama), with
+    made-up quality scores, as documents for mix -> tokenizer -> shards."""
+    import re
+
+    wiki = [p.strip() for p in re.split(r"\n\s*\n", (shared / "wikitext2" / "valid.txt").read_text()) if len(p) > 200]
+    play = [p.strip() for p in (shared / "shakespeare" / "input.txt").read_text().split("\n\n") if len(p) > 100]
+    docs = [{"id": f"w{i}", "text": t, "meta": {"domain": "general", "quality": (i % 10) / 10}} for i, t in enumerate(wiki)]
+    docs += [{"id": f"p{i}", "text": t, "meta": {"domain": "drama", "quality": (i % 7) / 7}} for i, t in enumerate(play)]
+    return docs
+
+
 @pytest.fixture(scope="session")
 def train_corpus(tmp_path_factory, shared_data):
     """WikiText-2 paragraphs (general) and Shakespeare speeches (drama) -> mix -> tokenizer ->
     shards with 10% of the documents held out for validation."""
-    import re
-
     from data.jsonl import ShardWriter
 
     root = tmp_path_factory.mktemp("train")
-    wiki = [p.strip() for p in re.split(r"\n\s*\n", (shared_data / "wikitext2" / "valid.txt").read_text()) if len(p) > 200]
-    play = [p.strip() for p in (shared_data / "shakespeare" / "input.txt").read_text().split("\n\n") if len(p) > 100]
-    docs = [{"id": f"w{i}", "text": t, "meta": {"domain": "general", "quality": (i % 10) / 10}} for i, t in enumerate(wiki)]
-    docs += [{"id": f"p{i}", "text": t, "meta": {"domain": "drama", "quality": (i % 7) / 7}} for i, t in enumerate(play)]
     with ShardWriter(root / "docs" / "00000.jsonl.zst") as w:
-        for d in docs:
+        for d in labelled_docs(shared_data):
             w.write({"source": "t", **d})
     cfg = root / "data.yaml"
     cfg.write_text(f"""

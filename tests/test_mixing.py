@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, labelled_docs
 from data.jsonl import ShardWriter, read_shard
 from data.mixing import PlanError, plan_phase
 from data.packing import document_ids, pack
@@ -64,13 +64,8 @@ def test_tokenizer_on_real_text_and_hf_export(tmp_path, shared_data):
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, shared_data):
     """WikiText paragraphs and Shakespeare speeches labelled as domains, through mix -> tokenizer -> shards."""
-    import re
-
     root = tmp_path_factory.mktemp("mix")
-    wiki = [p.strip() for p in re.split(r"\n\s*\n", (shared_data / "wikitext2" / "valid.txt").read_text()) if len(p) > 200]
-    play = [p.strip() for p in (shared_data / "shakespeare" / "input.txt").read_text().split("\n\n") if len(p) > 100]
-    docs = [{"id": f"w{i}", "text": t, "meta": {"domain": "general", "quality": (i % 10) / 10}} for i, t in enumerate(wiki)]
-    docs += [{"id": f"p{i}", "text": t, "meta": {"domain": "drama", "quality": (i % 7) / 7}} for i, t in enumerate(play)]
+    docs = labelled_docs(shared_data)
     with ShardWriter(root / "docs" / "00000.jsonl.zst") as w:
         for d in docs[::2]:
             w.write({"source": "t", **d})

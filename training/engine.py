@@ -128,13 +128,18 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def lr_schedule(cfg: TrainConfig, total_steps: int):
+    """step -> LR / peak LR, as the config's `schedule` says."""
+    s = cfg.schedule
+    return lr_multiplier(s.kind, total_steps, s.warmup_steps, s.min_ratio, s.decay_fraction, s.decay_shape, s.gamma)
+
+
 def initialize(cfg: TrainConfig, model, total_steps: int):
     """-> (DeepSpeed engine, its optimizer, its LR scheduler)."""
     import deepspeed
 
     optimizer = build_optimizer(cfg, model)
-    s = cfg.schedule
-    multiplier = lr_multiplier(s.kind, total_steps, s.warmup_steps, s.min_ratio, s.decay_fraction, s.decay_shape, s.gamma)
+    multiplier = lr_schedule(cfg, total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, sum(p.numel() for p in model.parameters())),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, multiplier))

@@ -190,9 +190,8 @@ def _clean_shared_memory() -> None:
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     from data.tokenizer import Encoder
     from training.data import make_loader, phase_streams
-    from training.engine import build_model, build_model_config, initialize
+    from training.engine import build_model, build_model_config, initialize, lr_schedule
     from training.flops import model_flops_per_token, peak_tflops
-    from training.schedules import lr_multiplier
 
     out_dir = Path(out_dir)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -234,8 +233,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             log.info("resumed from %s at step %d (%d tokens)", resume, state["step"], state["tokens"])
     else:
         torch.manual_seed(cfg.seed + rank)
-    multiplier = lr_multiplier(cfg.schedule.kind, total_steps, cfg.schedule.warmup_steps, cfg.schedule.min_ratio,
-                               cfg.schedule.decay_fraction, cfg.schedule.decay_shape, cfg.schedule.gamma)
+    multiplier = lr_schedule(cfg, total_steps)  # the scheduler's own, for the logged LR
 
     metrics = MetricsLogger(out_dir, rank == 0, cfg.tensorboard, resume_step=state["step"])
     routing = RoutingStats(engine.module)

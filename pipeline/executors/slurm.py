@@ -132,7 +132,7 @@ class SlurmExecutor:
         the c10d rendezvous on the first node of the allocation."""
         q = shlex.quote
         values = self._common(f"{run_name}-{stage_name}{job_suffix}", stage_dir / "_slurm" / f"train{job_suffix}-%j.out")
-        options = [o for o in self._options(max(self.config.cpus_per_task, procs_per_node))]
+        options = self._options(max(self.config.cpus_per_task, procs_per_node))
         if gpus_per_node:
             options.append(f"--gpus-per-node={gpus_per_node}")
         values.update(sbatch_options="\n".join(f"#SBATCH {q(o)}" for o in options), nodes=q(str(nodes)),

@@ -9,10 +9,12 @@ after a crash, a signal or a time-out continues from the newest checkpoint in th
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
@@ -107,8 +109,9 @@ class TrainingStage(Stage):
         name = self.task_names()[task]
         return self.out_dir / "candidates" / name if name else self.out_dir
 
+    @abc.abstractmethod
     def segments(self) -> list[Segment]:
-        raise NotImplementedError
+        """The run's (sequence length, tokens, RoPE base) stretches, from the stage's keys."""
 
     def task_overrides(self, task: int) -> dict:
         return {}
@@ -160,16 +163,16 @@ class TrainingStage(Stage):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(out / "train.log", "a") as log_file:
             proc = subprocess.Popen(self.command("train", task), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, env=env, start_new_session=False)
-            tail: list[str] = []
+                                    text=True, env=env)
+            tail: deque[str] = deque(maxlen=12)
             for line in proc.stdout:
                 log_file.write(line)
                 if _shown(line):
                     sys.stderr.write(line)
-                tail = (tail + [line])[-30:]
+                tail.append(line)
             code = proc.wait()
         if code != 0:
-            raise PipelineError(f"stage {self.name}: training exited {code}; log: {out / 'train.log'}\n" + "".join(tail[-12:]))
+            raise PipelineError(f"stage {self.name}: training exited {code}; log: {out / 'train.log'}\n" + "".join(tail))
         return self.task_stats(json.loads((out / "result.json").read_text()), task)
 
     def task_stats(self, result: dict, task: int) -> dict:
@@ -181,7 +184,7 @@ class TrainingStage(Stage):
 def _shown(line: str) -> bool:
     """What of the ranks' output reaches the console (all of it is in train.log)."""
     return (" training: " in line or " launch" in line or "error" in line.lower() or "Traceback" in line
-            or line.startswith(("  File", "    ")) or "Error" in line)
+            or line.startswith(("  File", "    ")))
 
 
 @register
